@@ -1,0 +1,90 @@
+"""Loading and saving Muse models (transformers, super-res, VQ) from safetensors.
+
+Accepted sources:
+- a diffusers-layout component folder: ``config.json`` + ``diffusion_pytorch_model[.fp16].safetensors``
+  (or sharded with an ``.index.json``);
+- a single ``.safetensors`` file written by :func:`save_model` (its metadata carries kind and config);
+- a single ``.safetensors`` file with a ``config.json`` beside it, or with no config at all (then the
+  config is inferred from the tensor shapes by the model class);
+- open-muse key names in any of these (renamed on load by the model class).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from ..models.base import MuseModel
+from .errors import CheckpointError
+from .files import find_weight_files, read_config, read_metadata, read_state_dict
+from .fill import fill_model
+
+KIND_KEY = "muse_kind"
+CONFIG_KEY = "muse_config"
+
+M = TypeVar("M", bound=MuseModel)
+
+
+def load_model(
+    model_cls: type[M],
+    path: str | Path,
+    dtype: torch.dtype | None = torch.float32,
+    device: torch.device | str = "cpu",
+    variant: str | None = None,
+) -> M:
+    """Build ``model_cls`` on the meta device from the checkpoint's config, then fill it from the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder.")
+    if path.is_dir():
+        files, config_dict = find_weight_files(path, variant), read_config(path)
+    else:
+        files, config_dict = [path], _config_of_single_file(path, model_cls)
+    source = str(files[0] if len(files) == 1 else path)
+    state_dict = model_cls.convert_state_dict(read_state_dict(files))
+    if config_dict is None:
+        config = model_cls.infer_config({k: v.shape for k, v in state_dict.items()})
+    else:
+        try:
+            config = model_cls.config_class.from_dict(config_dict)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: config does not describe a {model_cls.__name__} ({exc}).") from exc
+    with torch.device("meta"):
+        model = model_cls(config)
+    return fill_model(model, state_dict, source, dtype=dtype, device=device)
+
+
+def _config_of_single_file(path: Path, model_cls: type[MuseModel]) -> dict | None:
+    metadata = read_metadata(path)
+    kind = metadata.get(KIND_KEY)
+    if kind is not None and kind != model_cls.kind:
+        raise CheckpointError(
+            f"{path}: this file holds a {kind!r} model, not a {model_cls.kind!r} model; "
+            f"load it with the {kind} loader."
+        )
+    if CONFIG_KEY in metadata:
+        try:
+            return json.loads(metadata[CONFIG_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: the config in the file's metadata is not valid JSON ({exc}).") from exc
+    return read_config(path.parent) if (path.parent / "config.json").is_file() else None
+
+
+def save_model(model: MuseModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write one self-describing ``.safetensors`` file (kind and config in its metadata)."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: model files are saved as .safetensors; use that suffix.")
+    tensors = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    metadata = {KIND_KEY: model.kind, CONFIG_KEY: json.dumps(model.config.to_dict())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path

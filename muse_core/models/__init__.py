@@ -1,0 +1,1 @@
+"""Model definitions: base U-ViT, Muse super-resolution transformer, VQ tokenizer."""

@@ -1,0 +1,121 @@
+"""Building blocks shared by the Muse transformers.
+
+Submodule names reproduce diffusers' state-dict keys (``to_out.0``, ``ff.net.0.proj``, ``norm1.linear``)
+so aMUSEd checkpoints load without renaming. Numerics follow diffusers exactly (e.g. RMSNorm computes
+its statistic in float32), because parity is tested to the logit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..attention import attention, check_backend
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is None:
+            return x.to(input_dtype)
+        return x.to(self.weight.dtype) * self.weight
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-v2 GRN over channels-last ``[B, H, W, C]`` input."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial_norm = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        relative = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * relative) + self.beta + x
+
+
+class AdaptiveNorm(nn.Module):
+    """norm(x) * (1 + scale) + shift, with (scale, shift) projected from the conditioning vector."""
+
+    def __init__(self, dim: int, cond_dim: int, norm: nn.Module, bias: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(cond_dim, 2 * dim, bias=bias)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
+        return self.norm(x) * (1 + scale)[:, None, :] + shift[:, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; cross-attention when ``context_dim`` is given. ``to_out.0`` keeps diffusers' key."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.backend = "auto"
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=bias)])
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (
+            rearrange(proj(t), "b n (h d) -> b h n d", h=self.heads)
+            for proj, t in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
+        )
+        out = attention(q, k, v, key_mask=context_mask, backend=self.backend)
+        return self.to_out[0](rearrange(out, "b h n d -> b n (h d)"))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner_dim: int, bias: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * inner_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU MLP laid out as diffusers' ``FeedForward`` (``net.0.proj``, dropout, ``net.2``)."""
+
+    def __init__(self, dim: int, inner_dim: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, inner_dim, bias), nn.Dropout(dropout), nn.Linear(inner_dim, dim, bias=bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[cos, sin] features of scalars (diffusers' timestep embedding with flip_sin_to_cos, no shift)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
+    angles = values.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Route every attention layer of ``model`` through ``backend`` (see ``muse_core.attention``)."""
+    check_backend(backend)
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+    return model

@@ -1,0 +1,374 @@
+"""The masked-token U-ViT of aMUSEd (diffusers ``UVit2DModel``), usable at any size.
+
+Token ids -> embedding -> [ConvNeXt + text cross-attention] x N at (optionally 2x-downsampled) token
+resolution -> adaptive-norm transformer layers -> [ConvNeXt + cross-attention] x N -> logits over the
+codebook. Conditioning: text hidden states (cross-attention context) and a vector ``c`` made from the
+pooled text embedding and sinusoidal micro-conditions (width, height, crop top, crop left, aesthetic
+score), which modulates every ConvNeXt block and adaptive norm. There are no positional embeddings:
+the depthwise convolutions give the transformer its sense of position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .base import ModelConfig, MuseModel
+from .layers import AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, sinusoidal_embedding
+
+HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
+
+
+@dataclasses.dataclass
+class UViTConfig(ModelConfig):
+    """Field names and defaults of diffusers' ``UVit2DModel`` config (defaults = aMUSEd)."""
+
+    hidden_size: int = 1024
+    use_bias: bool = False
+    hidden_dropout: float = 0.0
+    cond_embed_dim: int = 768
+    micro_cond_encode_dim: int = 256
+    micro_cond_embed_dim: int = 1280
+    encoder_hidden_size: int = 768
+    vocab_size: int = 8256
+    codebook_size: int = 8192
+    in_channels: int = 768
+    block_out_channels: int = 768
+    num_res_blocks: int = 3
+    downsample: bool = False
+    upsample: bool = False
+    block_num_heads: int = 12
+    num_hidden_layers: int = 22
+    num_attention_heads: int = 16
+    attention_dropout: float = 0.0
+    intermediate_size: int = 2816
+    layer_norm_eps: float = 1e-6
+    ln_elementwise_affine: bool = True
+    sample_size: int = 64
+
+    @classmethod
+    def from_dict(cls, values: Mapping):
+        values = dict(values)
+        if "force_down_up_sample" in values:  # open-muse's MaskGiTUViT config names
+            values["downsample"] = values["upsample"] = values.pop("force_down_up_sample")
+        if isinstance(values.get("block_out_channels"), (list, tuple)):
+            values["block_out_channels"] = values["block_out_channels"][0]
+        return super().from_dict(values)
+
+    def __post_init__(self):
+        if self.micro_cond_encode_dim % 2:
+            raise ValueError(f"micro_cond_encode_dim must be even, got {self.micro_cond_encode_dim}.")
+        if self.micro_cond_embed_dim % self.micro_cond_encode_dim:
+            raise ValueError("micro_cond_embed_dim must be a multiple of micro_cond_encode_dim.")
+        if self.codebook_size >= self.vocab_size:
+            raise ValueError(f"vocab_size ({self.vocab_size}) must exceed codebook_size ({self.codebook_size}).")
+        for width, heads, name in (
+            (self.hidden_size, self.num_attention_heads, "hidden_size / num_attention_heads"),
+            (self.block_out_channels, self.block_num_heads, "block_out_channels / block_num_heads"),
+        ):
+            if width % heads:
+                raise ValueError(f"{name} must divide evenly, got {width} / {heads}.")
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.vocab_size - 1
+
+    @property
+    def num_micro_conds(self) -> int:
+        return self.micro_cond_embed_dim // self.micro_cond_encode_dim
+
+
+class ConvNextBlock(nn.Module):
+    def __init__(self, channels: int, cond_dim: int, eps: float, affine: bool, bias: bool, dropout: float):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=bias)
+        self.norm = RMSNorm(channels, eps, affine)
+        self.channelwise_linear_1 = nn.Linear(channels, 4 * channels, bias=bias)
+        self.channelwise_norm = GlobalResponseNorm(4 * channels)
+        self.channelwise_linear_2 = nn.Linear(4 * channels, channels, bias=bias)
+        self.channelwise_dropout = nn.Dropout(dropout)
+        self.cond_embeds_mapper = nn.Linear(cond_dim, 2 * channels, bias=bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = rearrange(self.depthwise(x), "b c h w -> b h w c")
+        h = self.channelwise_linear_1(self.norm(h))
+        h = self.channelwise_linear_2(self.channelwise_norm(F.gelu(h)))
+        x = x + rearrange(self.channelwise_dropout(h), "b h w c -> b c h w")
+        scale, shift = self.cond_embeds_mapper(F.silu(cond)).chunk(2, dim=1)
+        return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+class CrossAttentionBlock(nn.Module):
+    """Two pre-norm cross-attentions to the text (diffusers' ``SkipFFTransformerBlock``; no self-attention)."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int, bias: bool):
+        super().__init__()
+        # The text context is mapped to the block width only when the widths differ (as in diffusers).
+        self.kv_mapper = nn.Linear(context_dim, channels, bias=bias) if context_dim != channels else None
+        self.norm1 = RMSNorm(channels, 1e-6)
+        self.attn1 = Attention(channels, heads, channels // heads, context_dim=channels, bias=bias)
+        self.norm2 = RMSNorm(channels, 1e-6)
+        self.attn2 = Attention(channels, heads, channels // heads, context_dim=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.kv_mapper is not None:
+            context = self.kv_mapper(F.silu(context))
+        x = x + self.attn1(self.norm1(x), context, context_mask)
+        return x + self.attn2(self.norm2(x), context, context_mask)
+
+
+class Resample(nn.Module):
+    """RMSNorm over channels, then a 2x2 stride-2 conv (down) or transposed conv (up)."""
+
+    def __init__(self, channels: int, eps: float, affine: bool, bias: bool, up: bool):
+        super().__init__()
+        self.up = up
+        self.norm = RMSNorm(channels, eps, affine)
+        conv = nn.ConvTranspose2d if up else nn.Conv2d
+        self.conv = conv(channels, channels, kernel_size=2, stride=2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if not self.up:
+            x = F.pad(x, (0, 1, 0, 1))  # diffusers pads right/bottom before the k2 s2 conv
+        return self.conv(x)
+
+
+class UViTBlock(nn.Module):
+    """num_res_blocks x (ConvNeXt, cross-attention) at token resolution, with optional down/upsampling."""
+
+    def __init__(self, cfg: UViTConfig, downsample: bool, upsample: bool):
+        super().__init__()
+        ch, eps, affine, bias = cfg.block_out_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine, cfg.use_bias
+        self.downsample = Resample(ch, eps, affine, bias, up=False) if downsample else None
+        self.res_blocks = nn.ModuleList(
+            ConvNextBlock(ch, cfg.hidden_size, eps, affine, bias, cfg.hidden_dropout) for _ in range(cfg.num_res_blocks)
+        )
+        self.attention_blocks = nn.ModuleList(
+            CrossAttentionBlock(ch, cfg.block_num_heads, cfg.hidden_size, bias) for _ in range(cfg.num_res_blocks)
+        )
+        self.upsample = Resample(ch, eps, affine, bias, up=True) if upsample else None
+
+    def forward(self, x, cond, context, context_mask):
+        if self.downsample is not None:
+            x = self.downsample(x)
+        for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
+            x = res_block(x, cond)
+            h, w = x.shape[-2:]
+            x = rearrange(attention_block(rearrange(x, "b c h w -> b (h w) c"), context, context_mask),
+                          "b (h w) c -> b c h w", h=h, w=w)
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return x
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention, cross-attention to the text, GEGLU MLP; each behind an adaptive norm."""
+
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        dim, eps, affine, bias = cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine, cfg.use_bias
+        heads = cfg.num_attention_heads
+        self.norm1 = AdaptiveNorm(dim, dim, RMSNorm(dim, eps, affine), bias)
+        self.attn1 = Attention(dim, heads, dim // heads, bias=bias)
+        self.norm2 = AdaptiveNorm(dim, dim, RMSNorm(dim, eps, affine), bias)
+        self.attn2 = Attention(dim, heads, dim // heads, context_dim=dim, bias=bias)
+        self.norm3 = AdaptiveNorm(dim, dim, nn.LayerNorm(dim, eps, affine, bias=bias), bias)
+        self.ff = FeedForward(dim, cfg.intermediate_size, cfg.hidden_dropout, bias)
+
+    def forward(self, x, cond, context, context_mask):
+        x = x + self.attn1(self.norm1(x, cond))
+        x = x + self.attn2(self.norm2(x, cond), context, context_mask)
+        return x + self.ff(self.norm3(x, cond))
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.in_channels)
+        self.layer_norm = RMSNorm(cfg.in_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.conv = nn.Conv2d(cfg.in_channels, cfg.block_out_channels, kernel_size=1, bias=cfg.use_bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.conv(rearrange(self.layer_norm(self.embeddings(ids)), "b h w c -> b c h w"))
+
+
+class MlmHead(nn.Module):
+    def __init__(self, cfg: UViTConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cfg.block_out_channels, cfg.in_channels, kernel_size=1, bias=cfg.use_bias)
+        self.layer_norm = RMSNorm(cfg.in_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.conv2 = nn.Conv2d(cfg.in_channels, cfg.codebook_size, kernel_size=1, bias=cfg.use_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv2(x)
+
+
+class CondEmbedding(nn.Module):
+    def __init__(self, in_dim: int, dim: int, bias: bool):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim, bias=bias)
+        self.linear_2 = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class MaskedTokenUViT(MuseModel):
+    """aMUSEd's base transformer (state-dict compatible with diffusers ``UVit2DModel``)."""
+
+    kind = "uvit"
+    config_class = UViTConfig
+
+    def __init__(self, config: UViTConfig):
+        super().__init__(config)
+        cfg = config
+        self.encoder_proj = nn.Linear(cfg.encoder_hidden_size, cfg.hidden_size, bias=cfg.use_bias)
+        self.encoder_proj_layer_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.embed = TokenEmbedding(cfg)
+        self.cond_embed = CondEmbedding(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, cfg.hidden_size, cfg.use_bias)
+        self.down_block = UViTBlock(cfg, downsample=cfg.downsample, upsample=False)
+        self.project_to_hidden_norm = RMSNorm(cfg.block_out_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.project_to_hidden = nn.Linear(cfg.block_out_channels, cfg.hidden_size, bias=cfg.use_bias)
+        self.transformer_layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.project_from_hidden_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
+        self.project_from_hidden = nn.Linear(cfg.hidden_size, cfg.block_out_channels, bias=cfg.use_bias)
+        self.up_block = UViTBlock(cfg, downsample=False, upsample=cfg.upsample)
+        self.mlm_layer = MlmHead(cfg)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = 6.0) -> torch.Tensor:
+        """aMUSEd's micro-conditioning for an image of the given pixel size: [w, h, crop_top, crop_left, aesthetic]."""
+        return torch.tensor([[width, height, 0, 0, aesthetic]], dtype=torch.float32).repeat(batch, 1)
+
+    def embed_conditions(self, pooled_text_emb: torch.Tensor, micro_conds: torch.Tensor) -> torch.Tensor:
+        """The conditioning vector ``c``: cond_embed([pooled text, sinusoidal(micro_conds)])."""
+        batch = pooled_text_emb.shape[0]
+        micro = sinusoidal_embedding(micro_conds.flatten(), self.config.micro_cond_encode_dim).reshape(batch, -1)
+        return self.cond_embed(torch.cat([pooled_text_emb, micro], dim=1).to(self.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_text_emb: torch.Tensor,
+        micro_conds: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, h, w]`` ids (mask token = vocab_size - 1) -> ``[B, codebook_size, h, w]`` logits."""
+        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states))
+        cond = self.embed_conditions(pooled_text_emb, micro_conds).to(context.dtype)
+
+        x = self.down_block(self.embed(input_ids), cond, context, encoder_attention_mask)
+        h, w = x.shape[-2:]
+        x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))
+        for layer in self.transformer_layers:
+            x = layer(x, cond, context, encoder_attention_mask)
+        x = self.project_from_hidden(self.project_from_hidden_norm(x))
+        x = self.up_block(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), cond, context, encoder_attention_mask)
+        return self.mlm_layer(x)
+
+    @classmethod
+    def convert_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not any(_OPEN_MUSE_MARKER.search(k) for k in state_dict):
+            return state_dict
+        return convert_open_muse_state_dict(state_dict)
+
+    @classmethod
+    def infer_config(cls, shapes: Mapping[str, torch.Size]) -> UViTConfig:
+        """Sizes come from the tensors; head counts assume 64-wide heads, micro-conds aMUSEd's 5 x 256."""
+        hidden, encoder_hidden = shapes["encoder_proj.weight"]
+        vocab, in_channels = shapes["embed.embeddings.weight"]
+        channels = shapes["embed.conv.weight"][0]
+        micro_encode = UViTConfig.micro_cond_encode_dim
+        micro_embed = 5 * micro_encode
+        cond_embed_dim = shapes["cond_embed.linear_1.weight"][1] - micro_embed
+        if cond_embed_dim <= 0:
+            raise ValueError(
+                "the micro-conditioning sizes differ from aMUSEd's (5 x 256) and cannot be read off the tensors"
+            )
+        return UViTConfig(
+            hidden_size=hidden,
+            use_bias="encoder_proj.bias" in shapes,
+            cond_embed_dim=cond_embed_dim,
+            micro_cond_encode_dim=micro_encode,
+            micro_cond_embed_dim=micro_embed,
+            encoder_hidden_size=encoder_hidden,
+            vocab_size=vocab,
+            codebook_size=shapes["mlm_layer.conv2.weight"][0],
+            in_channels=in_channels,
+            block_out_channels=channels,
+            num_res_blocks=_count(shapes, r"down_block\.res_blocks\.(\d+)\."),
+            downsample="down_block.downsample.conv.weight" in shapes,
+            upsample="up_block.upsample.conv.weight" in shapes,
+            block_num_heads=max(1, channels // HEAD_DIM),
+            num_hidden_layers=_count(shapes, r"transformer_layers\.(\d+)\."),
+            num_attention_heads=max(1, hidden // HEAD_DIM),
+            intermediate_size=shapes["transformer_layers.0.ff.net.2.weight"][1],
+            ln_elementwise_affine="encoder_proj_layer_norm.weight" in shapes,
+        )
+
+
+def _count(shapes: Mapping[str, torch.Size], pattern: str) -> int:
+    found = {int(m.group(1)) for k in shapes if (m := re.match(pattern, k))}
+    return max(found) + 1 if found else 0
+
+
+# open-muse (MaskGiTUViT) -> diffusers names; the same renaming as diffusers' scripts/convert_amused.py.
+_OPEN_MUSE_MARKER = re.compile(r"(\.attention\.query\.|^cond_embed\.0\.|\.ffn\.wi_0\.)")
+_OPEN_MUSE_RENAMES = [  # applied in order, each at most once per key
+    (r"^cond_embed\.0\.", "cond_embed.linear_1."),
+    (r"^cond_embed\.2\.", "cond_embed.linear_2."),
+    (r"^(down|up)_blocks\.0\.", r"\1_block."),
+    (r"^(transformer_layers\.\d+)\.attn_layer_norm\.", r"\1.norm1.norm."),
+    (r"^(transformer_layers\.\d+)\.self_attn_adaLN_modulation\.mapper\.", r"\1.norm1.linear."),
+    (r"^(transformer_layers\.\d+)\.crossattn_layer_norm\.", r"\1.norm2.norm."),
+    (r"^(transformer_layers\.\d+)\.cross_attn_adaLN_modulation\.mapper\.", r"\1.norm2.linear."),
+    (r"^(transformer_layers\.\d+)\.ffn\.pre_mlp_layer_norm\.", r"\1.norm3.norm."),
+    (r"^(transformer_layers\.\d+)\.ffn\.adaLN_modulation\.mapper\.", r"\1.norm3.linear."),
+    (r"\.ffn\.wo\.", ".ff.net.2."),
+    (r"\.attn_layer_norm\.", ".norm1."),
+    (r"\.crossattn_layer_norm\.", ".norm2."),
+    (r"\.attention\.(query|key|value|out)\.", lambda m: f".attn1.{_QKV[m.group(1)]}."),
+    (r"\.crossattention\.(query|key|value|out)\.", lambda m: f".attn2.{_QKV[m.group(1)]}."),
+    (r"\.norm\.norm\.", ".norm."),
+    (r"\.channelwise\.0\.", ".channelwise_linear_1."),
+    (r"\.channelwise\.2\.", ".channelwise_norm."),
+    (r"\.channelwise\.4\.", ".channelwise_linear_2."),
+    (r"\.adaLN_modulation\.mapper\.", ".cond_embeds_mapper."),
+    (r"\.(downsample|upsample)\.0\.norm\.", r".\1.norm."),
+    (r"\.(downsample|upsample)\.1\.", r".\1.conv."),
+    (r"^mlm_layer\.layer_norm\.norm\.", "mlm_layer.layer_norm."),
+]
+_QKV = {"query": "to_q", "key": "to_k", "value": "to_v", "out": "to_out.0"}
+
+
+def convert_open_muse_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an open-muse ``MaskGiTUViT`` state dict to diffusers ``UVit2DModel`` names."""
+    converted: dict[str, torch.Tensor] = {}
+    gate_halves: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        if m := re.match(r"^(transformer_layers\.\d+)\.ffn\.(wi_[01])\.weight$", key):
+            gate_halves.setdefault(m.group(1), {})[m.group(2)] = tensor
+            continue
+        for pattern, replacement in _OPEN_MUSE_RENAMES:
+            key = re.sub(pattern, replacement, key, count=1)
+        converted[key] = tensor
+    for layer, halves in gate_halves.items():
+        # diffusers' GEGLU computes value * gelu(gate) from one projection: value rows (wi_1) come first.
+        converted[f"{layer}.ff.net.0.proj.weight"] = torch.cat([halves["wi_1"], halves["wi_0"]], dim=0)
+    return converted
