@@ -270,7 +270,7 @@ class MaskedTokenUViT(MuseModel):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, h, w]`` ids (mask token = vocab_size - 1) -> ``[B, codebook_size, h, w]`` logits."""
-        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states))
+        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(self.dtype)))
         cond = self.embed_conditions(pooled_text_emb, micro_conds).to(context.dtype)
 
         x = self.down_block(self.embed(input_ids), cond, context, encoder_attention_mask)

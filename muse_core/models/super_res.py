@@ -1,0 +1,152 @@
+"""Muse's super-resolution transformer (Chang et al. 2023, section 2.4).
+
+The low-resolution token ids go through a stack of self-attention layers; their output, projected to
+the text width, is appended to the text hidden states, and that joint sequence is the cross-attention
+context of a masked-token transformer over the high-resolution grid. The high-resolution transformer is
+our U-ViT (:class:`MaskedTokenUViT`), so it shares the base model's conditioning (pooled text vector and
+micro-conditions) and its MLM head. The low-resolution grid gets fixed 2-D sine-cosine positions, so one
+model serves any grid size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .base import ModelConfig, MuseModel
+from .layers import Attention, FeedForward, RMSNorm
+from .uvit import HEAD_DIM, MaskedTokenUViT, UViTConfig, _count
+
+
+@dataclasses.dataclass
+class SuperResConfig(ModelConfig):
+    lowres_codebook_size: int = 8192
+    lowres_hidden_size: int = 1024
+    lowres_num_layers: int = 16
+    lowres_num_heads: int = 16
+    lowres_intermediate_size: int = 2816
+    layer_norm_eps: float = 1e-6
+    transformer: UViTConfig = dataclasses.field(default_factory=UViTConfig)
+
+    @classmethod
+    def from_dict(cls, values: Mapping):
+        values = dict(values)
+        if isinstance(values.get("transformer"), Mapping):
+            values["transformer"] = UViTConfig.from_dict(values["transformer"])
+        return super().from_dict(values)
+
+    def __post_init__(self):
+        if self.lowres_hidden_size % 4:
+            raise ValueError(f"lowres_hidden_size must be a multiple of 4 (2-D positions), got {self.lowres_hidden_size}.")
+        if self.lowres_hidden_size % self.lowres_num_heads:
+            raise ValueError("lowres_hidden_size must be divisible by lowres_num_heads.")
+
+    def to_dict(self):
+        values = super().to_dict()
+        values["transformer"] = self.transformer.to_dict()
+        return values
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + GEGLU MLP."""
+
+    def __init__(self, dim: int, heads: int, inner_dim: int, eps: float):
+        super().__init__()
+        self.norm1 = RMSNorm(dim, eps)
+        self.attn = Attention(dim, heads, dim // heads)
+        self.norm2 = RMSNorm(dim, eps)
+        self.ff = FeedForward(dim, inner_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
+
+
+def grid_positions(height: int, width: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions ``[height * width, dim]``: half the channels per axis."""
+    quarter = dim // 4
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=device),
+        torch.arange(width, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
+    angles_y, angles_x = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
+    return torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
+
+
+class SuperResTransformer(MuseModel):
+    kind = "super_res"
+    config_class = SuperResConfig
+
+    def __init__(self, config: SuperResConfig):
+        super().__init__(config)
+        cfg = config
+        self.lowres_embed = nn.Embedding(cfg.lowres_codebook_size, cfg.lowres_hidden_size)
+        self.lowres_layers = nn.ModuleList(
+            EncoderLayer(cfg.lowres_hidden_size, cfg.lowres_num_heads, cfg.lowres_intermediate_size, cfg.layer_norm_eps)
+            for _ in range(cfg.lowres_num_layers)
+        )
+        self.lowres_norm = RMSNorm(cfg.lowres_hidden_size, cfg.layer_norm_eps)
+        self.lowres_proj = nn.Linear(cfg.lowres_hidden_size, cfg.transformer.encoder_hidden_size, bias=False)
+        self.transformer = MaskedTokenUViT(cfg.transformer)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.transformer.mask_token_id
+
+    @property
+    def codebook_size(self) -> int:
+        return self.transformer.codebook_size
+
+    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = 6.0) -> torch.Tensor:
+        return self.transformer.default_micro_conds(height, width, batch, aesthetic)
+
+    def encode_lowres(self, lowres_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, h, w]`` low-res ids -> ``[B, h*w, encoder_hidden_size]`` context; compute once per generation."""
+        if lowres_ids.min() < 0 or lowres_ids.max() >= self.config.lowres_codebook_size:
+            raise ValueError(
+                f"low-res ids must lie in [0, {self.config.lowres_codebook_size}); masked or foreign ids were given."
+            )
+        _, height, width = lowres_ids.shape
+        x = self.lowres_embed(lowres_ids.flatten(1))
+        x = x + grid_positions(height, width, x.shape[-1], x.device).to(x.dtype)
+        for layer in self.lowres_layers:
+            x = layer(x)
+        return self.lowres_proj(self.lowres_norm(x))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lowres_context: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_text_emb: torch.Tensor,
+        micro_conds: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """High-res ids ``[B, H, W]`` + :meth:`encode_lowres` output + text -> logits ``[B, codebook, H, W]``."""
+        context = torch.cat([encoder_hidden_states, lowres_context.to(encoder_hidden_states.dtype)], dim=1)
+        mask = None
+        if encoder_attention_mask is not None:
+            lowres_visible = encoder_attention_mask.new_ones(lowres_context.shape[:2])
+            mask = torch.cat([encoder_attention_mask, lowres_visible], dim=1)
+        return self.transformer(input_ids, context, pooled_text_emb, micro_conds, mask)
+
+    @classmethod
+    def infer_config(cls, shapes: Mapping[str, torch.Size]) -> SuperResConfig:
+        """Sizes from the tensors; head counts assume 64-wide heads (see ``MaskedTokenUViT.infer_config``)."""
+        codebook, hidden = shapes["lowres_embed.weight"]
+        inner = shapes["lowres_layers.0.ff.net.2.weight"][1] if "lowres_layers.0.ff.net.2.weight" in shapes else 4 * hidden
+        transformer_shapes = {k.removeprefix("transformer."): v for k, v in shapes.items() if k.startswith("transformer.")}
+        return SuperResConfig(
+            lowres_codebook_size=codebook,
+            lowres_hidden_size=hidden,
+            lowres_num_layers=_count(shapes, r"lowres_layers\.(\d+)\."),
+            lowres_num_heads=max(1, hidden // HEAD_DIM),
+            lowres_intermediate_size=inner,
+            transformer=MaskedTokenUViT.infer_config(transformer_shapes),
+        )

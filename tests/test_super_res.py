@@ -1,0 +1,77 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from muse_core.loading import load_model, save_model
+from muse_core.models.super_res import SuperResConfig, SuperResTransformer, grid_positions
+from muse_core.models.uvit import UViTConfig
+
+from .conftest import AMUSED_LIKE_UVIT, TINY_UVIT
+from .reference import randomize_
+
+
+def tiny_super_res(uvit=TINY_UVIT, layers=2):
+    cfg = SuperResConfig(lowres_codebook_size=32, lowres_hidden_size=64, lowres_num_layers=layers, lowres_num_heads=1,
+                         lowres_intermediate_size=96, transformer=UViTConfig(**uvit))
+    return randomize_(SuperResTransformer(cfg)).eval()
+
+
+def inputs(model, batch=2, high=8, low=4, text_len=5):
+    g = torch.Generator().manual_seed(3)
+    t = model.config.transformer
+    high_ids = torch.full((batch, high, high), t.vocab_size - 1)
+    low_ids = torch.randint(0, model.config.lowres_codebook_size, (batch, low, low), generator=g)
+    text = torch.randn(batch, text_len, t.encoder_hidden_size, generator=g)
+    pooled = torch.randn(batch, t.cond_embed_dim, generator=g)
+    return high_ids, low_ids, text, pooled, model.default_micro_conds(high * 8, high * 8, batch)
+
+
+def run(model, high_ids, low_ids, text, pooled, micro, mask=None):
+    with torch.no_grad():
+        return model(high_ids, model.encode_lowres(low_ids), text, pooled, micro, mask)
+
+
+def test_output_is_logits_over_the_high_res_grid():
+    model = tiny_super_res()
+    out = run(model, *inputs(model))
+    assert out.shape == (2, TINY_UVIT["codebook_size"], 8, 8)
+
+
+def test_low_res_tokens_condition_the_output():
+    model = tiny_super_res()
+    high, low, text, pooled, micro = inputs(model)
+    other = (low + 1) % model.config.lowres_codebook_size
+    assert not torch.allclose(run(model, high, low, text, pooled, micro), run(model, high, other, text, pooled, micro))
+
+
+def test_low_res_context_is_visible_even_with_a_text_mask():
+    model = tiny_super_res()
+    high, low, text, pooled, micro = inputs(model)
+    mask = torch.ones(text.shape[:2], dtype=torch.bool)
+    mask[:, 3:] = False
+    masked = run(model, high, low, text, pooled, micro, mask)
+    cropped = run(model, high, low, text[:, :3], pooled, micro)
+    assert torch.allclose(masked, cropped, atol=1e-5)
+
+
+def test_positions_distinguish_grid_cells():
+    pos = grid_positions(4, 6, 32)
+    assert pos.shape == (24, 32)
+    assert torch.cdist(pos, pos).add(torch.eye(24)).min() > 0.1
+
+
+def test_save_load_and_config_inference(tmp_path):
+    model = tiny_super_res(uvit=AMUSED_LIKE_UVIT)
+    again = load_model(SuperResTransformer, save_model(model, tmp_path / "sr.safetensors"))
+    assert again.config == model.config
+    save_file(model.state_dict(), str(tmp_path / "bare.safetensors"))
+    inferred = load_model(SuperResTransformer, tmp_path / "bare.safetensors")
+    expected = run(model, *inputs(model))
+    assert torch.equal(run(again, *inputs(again)), expected)
+    assert torch.allclose(run(inferred, *inputs(inferred)), expected, atol=1e-5)
+
+
+def test_low_res_ids_out_of_range_are_refused():
+    model = tiny_super_res()
+    with pytest.raises(ValueError, match="low-res ids must lie in"):
+        model.encode_lowres(torch.full((1, 4, 4), 32))

@@ -1,0 +1,150 @@
+"""The U-ViT equals diffusers' UVit2DModel, through every loading path."""
+
+import copy
+import json
+
+import pytest
+import torch
+from diffusers import UVit2DModel
+from safetensors.torch import save_file
+
+from muse_core.loading import load_model, save_model
+from muse_core.models.uvit import MaskedTokenUViT, UViTConfig, convert_open_muse_state_dict
+
+from .conftest import AMUSED_256, AMUSED_512, AMUSED_LIKE_UVIT, TINY_UVIT, uvit_inputs
+from .reference import randomize_, relative_max_diff
+
+
+def reference_uvit(cfg: dict, seed: int = 0) -> UVit2DModel:
+    return randomize_(UVit2DModel(**cfg), seed).eval()
+
+
+def logits(model, cfg, **kw):
+    ids, hidden, pooled, micro = uvit_inputs(cfg, **kw)
+    with torch.no_grad():
+        return model(ids, hidden, pooled, micro)
+
+
+@pytest.mark.parametrize("resample", [False, True], ids=["amused256-like", "amused512-like"])
+def test_diffusers_folder_parity(tmp_path, resample):
+    cfg = {**TINY_UVIT, "downsample": resample, "upsample": resample}
+    reference = reference_uvit(cfg)
+    reference.save_pretrained(tmp_path)
+    ours = load_model(MaskedTokenUViT, tmp_path)
+    assert ours.config == UViTConfig(**cfg)
+    assert relative_max_diff(logits(ours, cfg), logits(reference, cfg)) <= 1e-5
+
+
+def test_fp16_variant_and_shards(tmp_path):
+    reference = reference_uvit(TINY_UVIT)
+    copy.deepcopy(reference).half().save_pretrained(tmp_path / "fp16", variant="fp16")
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="60KB")
+    assert list((tmp_path / "sharded").glob("*.index.json")), "the reference should have written shards"
+    sharded = load_model(MaskedTokenUViT, tmp_path / "sharded")
+    assert relative_max_diff(logits(sharded, TINY_UVIT), logits(reference, TINY_UVIT)) <= 1e-5
+    # A folder holding only the fp16 variant loads; the weights are the fp16-rounded reference.
+    half = load_model(MaskedTokenUViT, tmp_path / "fp16", dtype=torch.float32)
+    rounded = {k: v.half().float() for k, v in reference.state_dict().items()}
+    assert all(torch.equal(half.state_dict()[k], v) for k, v in rounded.items())
+    in_bf16 = load_model(MaskedTokenUViT, tmp_path / "fp16", dtype=torch.bfloat16)
+    assert in_bf16.dtype == torch.bfloat16 and logits(in_bf16, TINY_UVIT).dtype == torch.bfloat16
+
+
+def test_single_file_roundtrip(tmp_path):
+    reference = reference_uvit(TINY_UVIT)
+    reference.save_pretrained(tmp_path / "folder")
+    ours = load_model(MaskedTokenUViT, tmp_path / "folder")
+    path = save_model(ours, tmp_path / "uvit.safetensors")
+    again = load_model(MaskedTokenUViT, path)
+    assert again.config == ours.config
+    assert torch.equal(logits(again, TINY_UVIT), logits(ours, TINY_UVIT))
+
+
+def test_single_file_without_config_infers_it(tmp_path):
+    reference = reference_uvit(AMUSED_LIKE_UVIT)
+    save_file(reference.state_dict(), str(tmp_path / "bare.safetensors"))
+    ours = load_model(MaskedTokenUViT, tmp_path / "bare.safetensors")
+    expected = UViTConfig(**AMUSED_LIKE_UVIT)
+    assert ours.config == UViTConfig(**{**expected.to_dict(), "sample_size": UViTConfig.sample_size})
+    assert relative_max_diff(logits(ours, AMUSED_LIKE_UVIT), logits(reference, AMUSED_LIKE_UVIT)) <= 1e-5
+
+
+# Written from the open-muse -> diffusers table in diffusers' scripts/convert_amused.py, in reverse.
+def to_open_muse(state_dict):
+    qkv = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "out"}
+    out = {}
+    for key, tensor in state_dict.items():
+        new = key.replace("down_block.", "down_blocks.0.").replace("up_block.", "up_blocks.0.")
+        new = new.replace("cond_embed.linear_1.", "cond_embed.0.").replace("cond_embed.linear_2.", "cond_embed.2.")
+        if new.startswith("transformer_layers."):
+            if ".ff.net.0.proj." in new:
+                value, gate = tensor.chunk(2, dim=0)
+                out[new.replace("ff.net.0.proj", "ffn.wi_1")] = value
+                out[new.replace("ff.net.0.proj", "ffn.wi_0")] = gate
+                continue
+            for ours, theirs in [("norm1.norm", "attn_layer_norm"), ("norm1.linear", "self_attn_adaLN_modulation.mapper"),
+                                 ("norm2.norm", "crossattn_layer_norm"), ("norm2.linear", "cross_attn_adaLN_modulation.mapper"),
+                                 ("norm3.norm", "ffn.pre_mlp_layer_norm"), ("norm3.linear", "ffn.adaLN_modulation.mapper"),
+                                 ("ff.net.2", "ffn.wo")]:
+                new = new.replace(f".{ours}.", f".{theirs}.")
+        if ".attention_blocks." in new:
+            new = new.replace(".norm1.", ".attn_layer_norm.").replace(".norm2.", ".crossattn_layer_norm.")
+        if ".res_blocks." in new:
+            for ours, theirs in [("norm", "norm.norm"), ("channelwise_linear_1", "channelwise.0"),
+                                 ("channelwise_norm", "channelwise.2"), ("channelwise_linear_2", "channelwise.4"),
+                                 ("cond_embeds_mapper", "adaLN_modulation.mapper")]:
+                new = new.replace(f".{ours}.", f".{theirs}.")
+        for ours, theirs in qkv.items():
+            new = new.replace(f".attn1.{ours}.", f".attention.{theirs}.").replace(f".attn2.{ours}.", f".crossattention.{theirs}.")
+        new = new.replace("downsample.norm.", "downsample.0.norm.").replace("downsample.conv.", "downsample.1.")
+        new = new.replace("upsample.norm.", "upsample.0.norm.").replace("upsample.conv.", "upsample.1.")
+        new = new.replace("mlm_layer.layer_norm.", "mlm_layer.layer_norm.norm.")
+        out[new] = tensor
+    return out
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_open_muse_names_are_converted(tmp_path, resample):
+    cfg = {**TINY_UVIT, "downsample": resample, "upsample": resample}
+    reference = reference_uvit(cfg)
+    open_muse = to_open_muse(reference.state_dict())
+    assert "transformer_layers.0.attention.query.weight" in open_muse
+    assert convert_open_muse_state_dict(open_muse).keys() == reference.state_dict().keys()
+    # open-muse's config names the resampling flag differently and lists block_out_channels.
+    config = {**cfg, "block_out_channels": [cfg["block_out_channels"]], "force_down_up_sample": resample}
+    del config["downsample"], config["upsample"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(open_muse, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    ours = load_model(MaskedTokenUViT, tmp_path)
+    assert relative_max_diff(logits(ours, cfg), logits(reference, cfg)) <= 1e-5
+
+
+def test_text_padding_mask_hides_padding():
+    model = randomize_(MaskedTokenUViT(UViTConfig(**TINY_UVIT))).eval()
+    ids, hidden, pooled, micro = uvit_inputs(TINY_UVIT)
+    mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
+    mask[:, 4:] = False
+    garbage = hidden.clone()
+    garbage[:, 4:] = 100 * torch.randn_like(garbage[:, 4:])
+    with torch.no_grad():
+        clean = model(ids, hidden, pooled, micro, mask)
+        noisy = model(ids, garbage, pooled, micro, mask)
+        unmasked = model(ids, garbage, pooled, micro)
+    assert torch.allclose(clean, noisy, atol=1e-5)
+    assert not torch.allclose(clean, unmasked, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [AMUSED_256, AMUSED_512], ids=["amused-256", "amused-512"])
+def test_real_config_parity(tmp_path, cfg):
+    reference = reference_uvit(cfg)
+    reference.save_pretrained(tmp_path)
+    del reference  # keep peak memory at one model + the file's tensors
+    ours = load_model(MaskedTokenUViT, tmp_path)
+    reference = UVit2DModel.from_pretrained(tmp_path).eval()
+    grid = cfg["sample_size"]
+    ours_logits = logits(ours, cfg, batch=1, grid=grid, text_len=77)
+    ref_logits = logits(reference, cfg, batch=1, grid=grid, text_len=77)
+    diff = relative_max_diff(ours_logits, ref_logits)
+    print(f"{cfg['sample_size']}: max abs diff {(ours_logits - ref_logits).abs().max().item():.3g}, relative {diff:.3g}")
+    assert diff <= 1e-4
