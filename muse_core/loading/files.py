@@ -43,6 +43,13 @@ def read_metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names of a safetensors file, without reading the tensors."""
+    refuse_pickle(path)
+    with _safe_open(path) as handle:
+        return list(handle.keys())
+
+
 def read_state_dict(paths: Path | list[Path]) -> dict[str, torch.Tensor]:
     """Read one or several (sharded) safetensors files into one dict of CPU tensors."""
     paths = [paths] if isinstance(paths, (str, Path)) else paths

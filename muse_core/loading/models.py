@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 
 from ..models.base import MuseModel
+from ..models.layers import set_attention_backend
 from .errors import CheckpointError
 from .files import find_weight_files, read_config, read_metadata, read_state_dict
 from .fill import fill_model
@@ -34,8 +35,13 @@ def load_model(
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
     variant: str | None = None,
+    attention: str = "auto",
 ) -> M:
-    """Build ``model_cls`` on the meta device from the checkpoint's config, then fill it from the file."""
+    """Build ``model_cls`` on the meta device from the checkpoint's config, then fill it from the file.
+
+    ``dtype`` None keeps the file's dtype; ``variant`` picks e.g. the ``fp16`` files of a folder;
+    ``attention`` is the backend of every attention layer (see ``muse_core.attention``).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder.")
@@ -54,7 +60,8 @@ def load_model(
             raise CheckpointError(f"{source}: config does not describe a {model_cls.__name__} ({exc}).") from exc
     with torch.device("meta"):
         model = model_cls(config)
-    return fill_model(model, state_dict, source, dtype=dtype, device=device)
+    fill_model(model, state_dict, source, dtype=dtype, device=device)
+    return set_attention_backend(model, attention)
 
 
 def _config_of_single_file(path: Path, model_cls: type[MuseModel]) -> dict | None:

@@ -1,0 +1,121 @@
+"""A whole model family in one object, loaded from one folder.
+
+Folder layout (diffusers' aMUSEd layout, plus the Muse super-resolution stage)::
+
+    transformer/        base masked-token U-ViT            (config.json + *.safetensors)
+    vqvae/              VQ tokenizer of the base model
+    text_encoder/       CLIP text model with projection (aMUSEd) or T5 encoder (Muse)
+    tokenizer/          the text encoder's tokenizer files
+    super_res/          optional: Muse super-resolution transformer
+    super_res_vqvae/    optional: VQ tokenizer of the super-res grid (default: vqvae/)
+
+Any component folder may also be a single self-describing ``.safetensors`` file saved by
+``muse_core.loading.save_model`` (e.g. ``transformer.safetensors`` instead of ``transformer/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .loading import CheckpointError, load_model
+from .loading.files import tensor_names
+from .models.super_res import SuperResTransformer
+from .models.uvit import MaskedTokenUViT
+from .models.vq import VQTokenizer
+
+
+@dataclasses.dataclass
+class MusePipeline:
+    transformer: MaskedTokenUViT
+    vq: VQTokenizer
+    text_encoder: "TextEncoder"  # noqa: F821  (muse_core.text, imported lazily: transformers is heavy)
+    super_res: SuperResTransformer | None = None
+    super_res_vq: VQTokenizer | None = None
+
+    def __post_init__(self):
+        check_compatible(self.transformer, self.vq, "transformer", "vqvae")
+        if self.super_res is not None:
+            check_compatible(self.super_res, self.super_res_vq or self.vq, "super_res", "super_res_vqvae")
+            if self.super_res.config.lowres_codebook_size != self.vq.codebook_size:
+                raise CheckpointError(
+                    f"super_res reads low-res ids from a {self.super_res.config.lowres_codebook_size}-code codebook "
+                    f"but the base VQ has {self.vq.codebook_size} codes: these components are not one cascade."
+                )
+
+
+def check_compatible(model, vq: VQTokenizer, model_name: str, vq_name: str) -> None:
+    if model.codebook_size != vq.codebook_size:
+        raise CheckpointError(
+            f"{model_name} predicts {model.codebook_size} codes but {vq_name} has a codebook of {vq.codebook_size}: "
+            "they were not trained together. Load the VQ that belongs to this transformer."
+        )
+
+
+def _component(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.safetensors"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _require(folder: Path, name: str) -> Path:
+    found = _component(folder, name)
+    if found is None:
+        raise CheckpointError(
+            f"{folder}: no {name}/ folder or {name}.safetensors file; a Muse/aMUSEd model folder holds "
+            "transformer/, vqvae/, text_encoder/ and tokenizer/ (see muse_core.pipeline)."
+        )
+    return found
+
+
+def load_text_encoder(path: str | Path, tokenizer_path=None, dtype=torch.float32, device="cpu", variant=None):
+    """CLIP or T5 text encoder, chosen by the folder's config.json (``model_type``) or the file's tensor names."""
+    from .text import load_clip_encoder, load_t5_encoder  # noqa: PLC0415
+
+    path = Path(path)
+    config_file = path / "config.json" if path.is_dir() else None
+    if config_file is not None and config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+        is_t5 = model_type in ("t5", "umt5", "mt5")
+    else:
+        target = path / "text_encoder" if path.is_dir() else path
+        keys = tensor_names(target) if target.is_file() else []
+        is_t5 = any(k.startswith(("encoder.block.", "shared.")) for k in keys)
+    loader = load_t5_encoder if is_t5 else load_clip_encoder
+    return loader(path, tokenizer_path=tokenizer_path, dtype=dtype, device=device, variant=variant)
+
+
+def load_pipeline(
+    folder: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    variant: str | None = None,
+    attention: str = "auto",
+    text_dtype: torch.dtype | None = None,
+    vq_dtype: torch.dtype = torch.float32,
+) -> MusePipeline:
+    """Load every component of a model folder (layout in this module's docstring).
+
+    ``dtype`` is for the transformers; ``text_dtype`` defaults to it; the VQ defaults to fp32 because
+    its decoder gives NaNs in fp16.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; load_pipeline wants a model folder (see muse_core.pipeline).")
+    common = dict(device=device, variant=variant)
+    transformer = load_model(MaskedTokenUViT, _require(folder, "transformer"), dtype=dtype, attention=attention, **common)
+    vq = load_model(VQTokenizer, _require(folder, "vqvae"), dtype=vq_dtype, attention=attention, **common)
+    tokenizer = _component(folder, "tokenizer")
+    text_encoder = load_text_encoder(
+        _require(folder, "text_encoder"), tokenizer_path=tokenizer, dtype=text_dtype or dtype, **common
+    )
+    super_res = super_res_vq = None
+    if (path := _component(folder, "super_res")) is not None:
+        super_res = load_model(SuperResTransformer, path, dtype=dtype, attention=attention, **common)
+        if (vq_path := _component(folder, "super_res_vqvae")) is not None:
+            super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
+    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq)
