@@ -25,7 +25,8 @@ from torch import nn
 from ..attention import attention
 from .base import ModelConfig, MuseModel
 
-_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "mish": F.mish, "gelu": F.gelu, "relu": F.relu}  # diffusers' ACT2CLS
+# diffusers' ACT2CLS, as functions
+_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "mish": F.mish, "gelu": F.gelu, "relu": F.relu}
 _EPS = 1e-6  # diffusers hard-codes this GroupNorm eps throughout the VQ encoder/decoder
 _RANGE_SLACK = 0.05  # resampling may overshoot [0, 1] a little; [-1, 1] or 0..255 inputs overshoot a lot
 
@@ -122,14 +123,13 @@ class ResnetBlock(nn.Module):
         self.conv1 = Conv2d(cin, cout, 3, padding=1)
         self.norm2 = GroupNorm(groups, cout, eps=_EPS)
         self.conv2 = Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:  # a 1x1 projection on the skip path only where the width changes, as diffusers
-            self.conv_shortcut = Conv2d(cin, cout, 1)
+        # a 1x1 projection on the skip path only where the width changes, as in diffusers
+        self.conv_shortcut = Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x):
         h = self.conv1(self.act(self.norm1(x)))
         h = self.conv2(self.act(self.norm2(h)))
-        skip = self.conv_shortcut(x) if hasattr(self, "conv_shortcut") else x
-        return skip + h
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
 class Downsample(nn.Module):
@@ -167,8 +167,10 @@ class SelfAttention(nn.Module):
         _, _, height, width = x.shape
         h = rearrange(self.group_norm(x), "b c y x -> b 1 (y x) c")
         h = attention(self.to_q(h), self.to_k(h), self.to_v(h), backend=self.backend)
-        h = self.to_out[0](h)
-        return x + rearrange(h, "b 1 (y x) c -> b c y x", y=height, x=width)
+        h = rearrange(self.to_out[0](h), "b 1 (y x) c -> b c y x", y=height, x=width)
+        # h first: the sum takes h's channels-last strides, as in diffusers, whose later convolutions then
+        # run the channels-last kernels; `x + h` would be equal only up to rounding.
+        return h + x
 
 
 class MidBlock(nn.Module):
@@ -191,9 +193,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, num_layers: int, groups: int, act: str, downsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(num_layers)]
-        )
+        self.resnets = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(num_layers))
         self.downsamplers = nn.ModuleList([Downsample(cout)] if downsample else [])
 
     def forward(self, x):
@@ -207,9 +207,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, num_layers: int, groups: int, act: str, upsample: bool):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            [ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(num_layers)]
-        )
+        self.resnets = nn.ModuleList(ResnetBlock(cin if i == 0 else cout, cout, groups, act) for i in range(num_layers))
         self.upsamplers = nn.ModuleList([Upsample(cout)] if upsample else [])
 
     def forward(self, x):
@@ -224,10 +222,8 @@ class Encoder(nn.Module):
         chans, groups = c.block_out_channels, c.norm_num_groups
         self.conv_in = Conv2d(c.in_channels, chans[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
-            [
-                EncoderBlock(chans[max(i - 1, 0)], chans[i], c.layers_per_block, groups, c.act_fn, i < len(chans) - 1)
-                for i in range(len(chans))
-            ]
+            EncoderBlock(chans[max(i - 1, 0)], cout, c.layers_per_block, groups, c.act_fn, i < len(chans) - 1)
+            for i, cout in enumerate(chans)
         )
         self.mid_block = MidBlock(chans[-1], groups, c.act_fn, c.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(groups, chans[-1], eps=_EPS)
@@ -249,10 +245,8 @@ class Decoder(nn.Module):
         self.mid_block = MidBlock(chans[0], groups, c.act_fn, c.mid_block_add_attention)
         # one more resnet per block than the encoder, as in diffusers (layers_per_block + 1)
         self.up_blocks = nn.ModuleList(
-            [
-                DecoderBlock(chans[max(i - 1, 0)], chans[i], c.layers_per_block + 1, groups, c.act_fn, i < len(chans) - 1)
-                for i in range(len(chans))
-            ]
+            DecoderBlock(chans[max(i - 1, 0)], cout, c.layers_per_block + 1, groups, c.act_fn, i < len(chans) - 1)
+            for i, cout in enumerate(chans)
         )
         self.conv_norm_out = GroupNorm(groups, chans[-1], eps=_EPS)
         self.conv_out = Conv2d(chans[-1], c.out_channels, 3, padding=1)
@@ -363,27 +357,33 @@ class VQTokenizer(MuseModel):
         (the same model). ``lookup_from_codebook``/``force_upcast`` are set as aMUSEd sets them.
         """
         try:
-            blocks = 1 + max(int(m[1]) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k)))
-            layers = 1 + max(
-                int(m[1]) for k in shapes if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k))
-            )
-            channels = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(blocks)]
-            latent = shapes["encoder.conv_out.weight"][0]
-            embed_dim = shapes["quant_conv.weight"][0]
-            config = VQConfig(
-                in_channels=shapes["encoder.conv_in.weight"][1],
-                out_channels=shapes["decoder.conv_out.weight"][0],
-                down_block_types=("DownEncoderBlock2D",) * blocks,
-                up_block_types=("UpDecoderBlock2D",) * blocks,
-                block_out_channels=tuple(channels),
-                layers_per_block=layers,
-                latent_channels=latent,
-                num_vq_embeddings=shapes["quantize.embedding.weight"][0],
-                vq_embed_dim=None if embed_dim == latent else embed_dim,
-                mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
-                lookup_from_codebook=True,
-                force_upcast=True,
-            )
-        except (KeyError, ValueError) as exc:  # ValueError: max() of nothing, or a config VQConfig refuses
-            raise ValueError(f"These tensors do not look like a diffusers VQModel ({exc}); provide its config.json.")
-        return config
+            blocks = _count(shapes, "encoder.down_blocks")
+            layers = _count(shapes, "encoder.down_blocks.0.resnets")
+            channels = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(blocks))
+            in_channels, out_channels = shapes["encoder.conv_in.weight"][1], shapes["decoder.conv_out.weight"][0]
+            latent, embed_dim = shapes["encoder.conv_out.weight"][0], shapes["quant_conv.weight"][0]
+            codes = shapes["quantize.embedding.weight"][0]
+        except KeyError as exc:
+            raise ValueError(
+                f"These tensors do not look like a diffusers VQModel (no tensor {exc}); provide its config.json."
+            ) from exc
+        return VQConfig(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=("DownEncoderBlock2D",) * blocks,
+            up_block_types=("UpDecoderBlock2D",) * blocks,
+            block_out_channels=channels,
+            layers_per_block=layers,
+            latent_channels=latent,
+            num_vq_embeddings=codes,
+            vq_embed_dim=None if embed_dim == latent else embed_dim,
+            mid_block_add_attention="encoder.mid_block.attentions.0.to_q.weight" in shapes,
+            lookup_from_codebook=True,
+            force_upcast=True,
+        )
+
+
+def _count(shapes: Mapping[str, torch.Size], prefix: str) -> int:
+    """How many numbered children ``prefix.0``, ``prefix.1``, ... the tensor names mention."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return 1 + max((int(m[1]) for name in shapes if (m := pattern.match(name))), default=-1)

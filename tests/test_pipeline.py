@@ -1,0 +1,71 @@
+"""A whole aMUSEd-layout folder loads through load_pipeline and computes what diffusers + transformers compute."""
+
+import shutil
+
+import pytest
+import torch
+from diffusers import UVit2DModel, VQModel
+
+from muse_core import CheckpointError, load_pipeline, save_model
+
+from .conftest import TINY_UVIT, uvit_inputs
+from .reference import randomize_
+from .test_text_encoders import CLIP_LENGTH, clip_reference, clip_setup  # noqa: F401  (fixture)
+
+TINY_VQ = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, norm_num_groups=8,
+               num_vq_embeddings=32, mid_block_add_attention=False, lookup_from_codebook=True, force_upcast=True)
+# Text widths of the tiny CLIP in test_text_encoders (hidden 128, projection 48).
+PIPE_UVIT = {**TINY_UVIT, "encoder_hidden_size": 128, "cond_embed_dim": 48}
+
+
+@pytest.fixture
+def amused_folder(tmp_path, clip_setup):  # noqa: F811
+    clip_model, _, layouts = clip_setup
+    transformer = randomize_(UVit2DModel(**PIPE_UVIT)).eval()
+    transformer.save_pretrained(tmp_path / "transformer")
+    vq = randomize_(VQModel(**TINY_VQ), seed=1).eval()
+    vq.save_pretrained(tmp_path / "vqvae")
+    shutil.copytree(layouts["pipeline"][0], tmp_path, dirs_exist_ok=True)  # text_encoder/ + tokenizer/
+    return tmp_path, transformer, clip_model, clip_setup[1]
+
+
+def test_pipeline_folder_matches_reference(amused_folder):
+    folder, transformer, clip_model, tokenizer = amused_folder
+    pipe = load_pipeline(folder)
+    prompts = ["a cat", ""]
+    cond = pipe.text_encoder.encode(prompts)
+    hidden, pooled = clip_reference(clip_model, tokenizer, prompts)
+    ids, _, _, micro = uvit_inputs(PIPE_UVIT)
+    with torch.no_grad():
+        ours = pipe.transformer(ids, cond.hidden_states, cond.pooled, micro, cond.attention_mask)
+        theirs = transformer(ids, hidden, pooled, micro)
+    assert cond.hidden_states.shape[1] == CLIP_LENGTH
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert pipe.vq.codebook_size == TINY_UVIT["codebook_size"] and pipe.super_res is None
+    assert pipe.vq.dtype == torch.float32
+
+
+def test_single_file_components_and_dtypes(amused_folder):
+    folder, *_ = amused_folder
+    pipe = load_pipeline(folder, dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.vq.dtype == torch.float32
+    save_model(pipe.transformer, folder / "transformer.safetensors")
+    shutil.rmtree(folder / "transformer")
+    again = load_pipeline(folder)
+    assert again.transformer.config == pipe.transformer.config
+
+
+def test_mismatched_codebooks_are_refused(amused_folder):
+    folder, *_ = amused_folder
+    shutil.rmtree(folder / "vqvae")
+    randomize_(VQModel(**{**TINY_VQ, "num_vq_embeddings": 48})).save_pretrained(folder / "vqvae")
+    with pytest.raises(CheckpointError, match="predicts 32 codes but vqvae has a codebook of 48"):
+        load_pipeline(folder)
+
+
+def test_missing_component_is_named(amused_folder):
+    folder, *_ = amused_folder
+    shutil.rmtree(folder / "vqvae")
+    with pytest.raises(CheckpointError, match="no vqvae/ folder or vqvae.safetensors"):
+        load_pipeline(folder)
