@@ -1,0 +1,7 @@
+"""Iterative parallel decoding: text-to-image, super-resolution, img2img (editing is in muse_core.editing)."""
+
+from .generate import encode_prompts, generate, img2img, super_resolve, token_grid
+from .sampler import GuidedModel, SamplingOptions, decode, unmask_step
+
+__all__ = ["GuidedModel", "SamplingOptions", "decode", "encode_prompts", "generate", "img2img", "super_resolve",
+           "token_grid", "unmask_step"]

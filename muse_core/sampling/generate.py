@@ -1,0 +1,149 @@
+"""Text-to-image, super-resolution and img2img in token space.
+
+Every function returns token ids ``[B, h, w]``; decode them with the VQ tokenizer. Prompts are
+batched prompt-major: ``prompts=[a, b]`` with ``num_images_per_prompt=2`` gives ``[a, a, b, b]``, and
+image ``k`` of that batch is drawn with seed ``options.seed + k`` (see ``sampler``).
+
+Cost in transformer forward passes per image: ``steps`` (x2 batch with guidance), or for img2img
+``round(steps * strength)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..text.conditioning import TextConditioning
+from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
+from .schedules import masked_fraction
+
+MAX_TOKENS_PER_SIDE = 256  # 4096 px at f16: beyond this a typo in a size is likelier than a wish
+
+
+def encode_prompts(text_encoder, prompts: list[str] | str, negative_prompt: list[str] | str | None,
+                   num_images_per_prompt: int, guided: bool) -> tuple[TextConditioning, TextConditioning | None]:
+    """Conditional and (with guidance) unconditional conditioning, one row per output image.
+
+    The unconditional branch is the encoded negative prompt, or the encoded empty prompt "" (as in aMUSEd).
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt (\"\" is allowed).")
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+    cond = text_encoder.encode(prompts).repeat_interleave(num_images_per_prompt)
+    if not guided:
+        return cond, None
+    negative = "" if negative_prompt is None else negative_prompt
+    negative = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+    if len(negative) != len(prompts):
+        raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
+    return cond, text_encoder.encode(negative).repeat_interleave(num_images_per_prompt)
+
+
+def token_grid(height: int, width: int, factor: int) -> tuple[int, int]:
+    """The token grid of an image size; sizes must be positive multiples of the VQ factor."""
+    for name, size in (("height", height), ("width", width)):
+        if not isinstance(size, int) or size < factor or size % factor:
+            raise ValueError(
+                f"{name}={size!r}: image sizes must be positive multiples of the VQ downsampling factor {factor} "
+                f"(e.g. {max(factor, round(size / factor) * factor) if isinstance(size, (int, float)) else 256})."
+            )
+        if size // factor > MAX_TOKENS_PER_SIDE:
+            raise ValueError(f"{name}={size} is {size // factor} tokens per side; at most {MAX_TOKENS_PER_SIDE} are allowed.")
+    return height // factor, width // factor
+
+
+def micro_conditions(model, height: int, width: int, batch: int, options: SamplingOptions) -> torch.Tensor:
+    top, left = options.crop_coords
+    return torch.tensor([[width, height, top, left, options.aesthetic_score]], dtype=torch.float32).repeat(batch, 1)
+
+
+def _check_codebook(model, vq) -> None:
+    if vq is not None and model.codebook_size != vq.codebook_size:
+        raise ValueError(
+            f"the transformer predicts {model.codebook_size} codes but the VQ has {vq.codebook_size}: "
+            "use the VQ that belongs to this transformer."
+        )
+
+
+def generate(model, text_encoder, prompts, *, height: int, width: int, downsample_factor: int,
+             negative_prompt=None, num_images_per_prompt: int = 1, options: SamplingOptions | None = None,
+             callback: StepCallback | None = None) -> torch.Tensor:
+    """Text -> token ids ``[B, height / f, width / f]``, starting from an all-masked grid."""
+    options = options or SamplingOptions()
+    grid = token_grid(height, width, downsample_factor)
+    cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, num_images_per_prompt, options.guided)
+    batch = len(cond)
+    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    ids = torch.full((batch, *grid), model.mask_token_id, dtype=torch.long, device=model.device)
+    return decode(guided, ids, options, model.mask_token_id, callback=callback)
+
+
+def super_resolve(sr_model, text_encoder, lowres_ids: torch.Tensor, prompts, *, scale: int = 2,
+                  downsample_factor: int, negative_prompt=None, options: SamplingOptions | None = None,
+                  callback: StepCallback | None = None) -> torch.Tensor:
+    """Low-res ids ``[B, h, w]`` -> high-res ids ``[B, scale*h, scale*w]`` with a Muse super-res transformer.
+
+    ``prompts`` has one prompt per low-res image, or one for all. 8 steps by default (Muse).
+    """
+    options = options or SamplingOptions(steps=8)
+    if lowres_ids.ndim != 3:
+        raise ValueError(f"lowres_ids must be [B, h, w] token ids, got shape {tuple(lowres_ids.shape)}.")
+    batch, h, w = lowres_ids.shape
+    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
+    if len(prompts) == 1:
+        prompts = prompts * batch
+    if len(prompts) != batch:
+        raise ValueError(f"{len(prompts)} prompts for {batch} low-res images: give one, or one per image.")
+    height, width = scale * h * downsample_factor, scale * w * downsample_factor
+    grid = token_grid(height, width, downsample_factor)
+    cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
+    with torch.no_grad():
+        context = sr_model.encode_lowres(lowres_ids.to(sr_model.device))
+    micro = micro_conditions(sr_model, height, width, batch, options)
+    guided = GuidedModel(sr_model, cond, uncond, micro, lowres_context=context)
+    ids = torch.full((batch, *grid), sr_model.mask_token_id, dtype=torch.long, device=sr_model.device)
+    return decode(guided, ids, options, sr_model.mask_token_id, callback=callback)
+
+
+def remask_for_strength(ids: torch.Tensor, strength: float, options: SamplingOptions, mask_token_id: int,
+                        generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, int]:
+    """Re-mask ids for img2img: returns (masked ids, first step to run).
+
+    ``strength`` s in [0, 1] runs the last ``round(s * steps)`` steps of the schedule. Each image gets
+    exactly the schedule's masked fraction at that step, chosen uniformly at random: s = 1 masks every
+    token (unlike diffusers, whose strength 1 masks none), s = 0 returns the ids unchanged.
+    """
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1], got {strength}.")
+    start = options.steps - round(strength * options.steps)
+    if start == options.steps:
+        return ids.clone(), start
+    batch, height, width = ids.shape
+    count = int((height * width * masked_fraction(options.mask_schedule, start, options.steps)).floor().item())
+    generators = generators or [torch.Generator(device=ids.device).manual_seed(options.seed + k) for k in range(batch)]
+    masked = ids.clone().reshape(batch, -1)
+    for row, generator in zip(masked, generators):
+        chosen = torch.randperm(row.numel(), generator=generator, device=ids.device)[:count]
+        row[chosen] = mask_token_id
+    return masked.reshape(batch, height, width), start
+
+
+def img2img(model, text_encoder, ids: torch.Tensor, prompts, *, strength: float = 0.5, height: int, width: int,
+            negative_prompt=None, options: SamplingOptions | None = None,
+            callback: StepCallback | None = None) -> torch.Tensor:
+    """Re-generate part of the input ids ``[B, h, w]`` under ``prompts`` (one per image, or one for all)."""
+    options = options or SamplingOptions()
+    batch = ids.shape[0]
+    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
+    if len(prompts) == 1:
+        prompts = prompts * batch
+    if len(prompts) != batch:
+        raise ValueError(f"{len(prompts)} prompts for {batch} images: give one, or one per image.")
+    ids = ids.to(model.device)
+    masked, start = remask_for_strength(ids, strength, options, model.mask_token_id)
+    if start == options.steps:
+        return masked
+    cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
+    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    return decode(guided, masked, options, model.mask_token_id, start_step=start, callback=callback)

@@ -1,0 +1,42 @@
+"""Schedules of iterative parallel decoding: how many tokens stay masked, guidance, temperature.
+
+A mask schedule maps decoding progress ``r`` in [0, 1] to the fraction of tokens still masked:
+1 at the start, 0 at the end. After step ``i`` of ``N`` the fraction is ``schedule(r=(i + 1) / N)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+MASK_SCHEDULES = {
+    "cosine": lambda r: torch.cos(r * math.pi / 2),  # MaskGIT / Muse / aMUSEd default
+    "linear": lambda r: 1 - r,
+    "square": lambda r: 1 - r**2,  # keeps more tokens masked early: more steps spent on layout
+    "sqrt": lambda r: 1 - torch.sqrt(r),  # commits to many tokens early: faster, less diverse
+}
+GUIDANCE_SCHEDULES = ("constant", "linear")
+
+
+def masked_fraction(schedule: str, steps_done: int, num_steps: int) -> torch.Tensor:
+    """Fraction of tokens still masked after ``steps_done`` of ``num_steps`` (a float32 tensor)."""
+    # Same float32 arithmetic as diffusers' AmusedScheduler, so mask counts match it exactly.
+    ratio = torch.tensor([[steps_done]]) / num_steps
+    return MASK_SCHEDULES[schedule](ratio)
+
+
+def temperatures(temperature: float | tuple[float, float], num_steps: int) -> torch.Tensor:
+    """Per-step Gumbel temperature for choosing which tokens to keep: linear from t0 to t1.
+
+    A single number t means (t, 0.01), as in aMUSEd.
+    """
+    start, end = temperature if isinstance(temperature, (tuple, list)) else (temperature, 0.01)
+    return torch.linspace(start, end, num_steps)
+
+
+def guidance_at(scale: float, schedule: str, step: int, num_steps: int) -> float:
+    """Classifier-free guidance scale at ``step``: constant, or rising linearly from 1 to ``scale`` (Muse)."""
+    if schedule == "constant":
+        return scale
+    return 1 + (scale - 1) * (step + 1) / num_steps
