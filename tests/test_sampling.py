@@ -128,3 +128,31 @@ def test_super_resolve_doubles_the_grid(amused_folder):  # noqa: F811
     assert high.shape == (2, 16, 16) and (high != sr.mask_token_id).all()
     again = super_resolve(sr, pipe.text_encoder, low, ["a cat", "a dog"], downsample_factor=2)
     assert torch.equal(high, again)
+
+
+@pytest.mark.slow
+def test_real_amused_256_ids_equal_amused_pipeline(tmp_path):
+    """Real amused-256 transformer config (random weights), 12 steps, guidance 10, fp32, CPU."""
+    import transformers
+
+    from .conftest import AMUSED_256
+    from .reference import randomize_
+    from .test_text_encoders import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    randomize_(UVit2DModel(**AMUSED_256), std=0.02).save_pretrained(tmp_path / "transformer")
+    # Only the factor (16) and codebook (8192) of the VQ matter for ids: keep it small.
+    VQModel(**{**TINY_VQ, "block_out_channels": (8,) * 5, "down_block_types": ("DownEncoderBlock2D",) * 5,
+               "up_block_types": ("UpDecoderBlock2D",) * 5, "num_vq_embeddings": 8192}).save_pretrained(tmp_path / "vqvae")
+    text_config = transformers.CLIPTextConfig(vocab_size=64, hidden_size=768, intermediate_size=1024, num_hidden_layers=2,
+                                              num_attention_heads=12, max_position_embeddings=16, projection_dim=768,
+                                              bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    randomize_(transformers.CLIPTextModelWithProjection(text_config), std=0.05).save_pretrained(tmp_path / "text_encoder")
+    write_clip_tokenizer(tmp_path / "tokenizer")
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tmp_path / "tokenizer"), local_files_only=True)
+    expected = reference_pipeline(tmp_path, tokenizer)(
+        "a cat", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    pipe = load_pipeline(tmp_path)
+    got = generate(pipe.transformer, pipe.text_encoder, "a cat", height=256, width=256, downsample_factor=16)
+    assert got.shape == (1, 16, 16)
+    assert torch.equal(got, expected)
