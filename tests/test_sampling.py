@@ -156,3 +156,13 @@ def test_real_amused_256_ids_equal_amused_pipeline(tmp_path):
     got = generate(pipe.transformer, pipe.text_encoder, "a cat", height=256, width=256, downsample_factor=16)
     assert got.shape == (1, 16, 16)
     assert torch.equal(got, expected)
+
+
+def test_upscale_via_img2img_doubles_the_grid(amused_folder):  # noqa: F811
+    from muse_core.sampling import upscale_via_img2img
+
+    pipe = load_pipeline(amused_folder[0])
+    low = ours(pipe, seed=2)
+    high = upscale_via_img2img(pipe.transformer, pipe.vq, pipe.vq, pipe.text_encoder, low, "a cat", strength=0.5,
+                               options=SamplingOptions(steps=4))
+    assert high.shape == (1, 16, 16) and (high != pipe.transformer.mask_token_id).all()

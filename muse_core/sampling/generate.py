@@ -147,3 +147,21 @@ def img2img(model, text_encoder, ids: torch.Tensor, prompts, *, strength: float 
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
     guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
     return decode(guided, masked, options, model.mask_token_id, start_step=start, callback=callback)
+
+
+def upscale_via_img2img(model, low_vq, high_vq, text_encoder, lowres_ids: torch.Tensor, prompts, *,
+                        strength: float = 0.5, scale: int = 2, negative_prompt=None,
+                        options: SamplingOptions | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+    """Token-space super-resolution for models without a super-res transformer (e.g. aMUSEd 256 -> 512).
+
+    Decode the low-res ids, upscale the image ``scale`` x (bicubic), re-encode it with the higher-res
+    model's VQ, then re-mask and resample a ``strength`` share of the schedule with that model (img2img).
+    Cost: one decode, one encode, ``round(steps * strength)`` transformer passes.
+    """
+    with torch.no_grad():
+        images = low_vq.decode(lowres_ids.to(low_vq.device))
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="bicubic").clamp(0, 1)
+        ids = high_vq.encode(images.to(high_vq.device))
+    height, width = images.shape[-2:]
+    return img2img(model, text_encoder, ids, prompts, strength=strength, height=height, width=width,
+                   negative_prompt=negative_prompt, options=options, callback=callback)
