@@ -25,6 +25,15 @@ _EXPORTS = {
     "load_clip_encoder": "muse_core.text",
     "load_t5_encoder": "muse_core.text",
     "set_attention_backend": "muse_core.models.layers",
+    "SamplingOptions": "muse_core.sampling",
+    "generate": "muse_core.sampling",
+    "super_resolve": "muse_core.sampling",
+    "img2img": "muse_core.sampling",
+    "upscale_via_img2img": "muse_core.sampling",
+    "inpaint": "muse_core.editing",
+    "outpaint": "muse_core.editing",
+    "edit_tokens": "muse_core.editing",
+    "load_clip_scorer": "muse_core.rerank",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,215 @@
+"""CLIP reranker against transformers' CLIPModel run directly, and preprocessing against PIL.
+
+A tiny seeded CLIPModel (both towers) and the tiny CLIP tokenizer of test_text_encoders are saved
+offline as a model folder and as a single .safetensors file, then loaded through load_clip_scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+transformers = pytest.importorskip("transformers")
+
+from muse_core.loading import CheckpointError  # noqa: E402
+from muse_core.rerank import CLIP_MEAN, CLIP_STD, images_from_comfy, load_clip_scorer  # noqa: E402
+from tests.reference import randomize_  # noqa: E402
+from tests.test_text_encoders import CLIP_LENGTH, write_clip_tokenizer  # noqa: E402
+
+IMAGE_SIZE = 32
+TOLERANCE = 1e-5
+PROMPTS = ["a cat", "", "zebra crossing at night"]  # the last is truncated to CLIP_LENGTH tokens
+
+
+@pytest.fixture(scope="module")
+def clip_setup(tmp_path_factory):
+    """(reference CLIPModel, tokenizer, model folder, tokenizer folder)."""
+    root = tmp_path_factory.mktemp("clip_scorer")
+    text = dict(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=CLIP_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=8,
+    )
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    model = randomize_(transformers.CLIPModel(config), seed=0, std=0.1).eval()
+    tokenizer_dir = write_clip_tokenizer(root / "tokenizer")
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    model.save_pretrained(root / "folder", safe_serialization=True)
+    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
+    return model, tokenizer, root / "folder", tokenizer_dir
+
+
+@pytest.fixture(scope="module")
+def scorer(clip_setup):
+    return load_clip_scorer(clip_setup[2])
+
+
+def random_images(batch, height, width, seed=0):
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_scores(model, tokenizer, pixel_values, prompt):
+    """transformers' own features; padding="longest" (as CLIPProcessor does): EOS pooling ignores padding."""
+    tokens = tokenizer([prompt], padding=True, truncation=True, max_length=CLIP_LENGTH, return_tensors="pt")
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixel_values).pooler_output
+        text = model.get_text_features(**tokens).pooler_output
+    image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    return (image @ text.T)[:, 0]
+
+
+def normalise(images):
+    return (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def pil_resize_crop(images, size):
+    """Independent reference: PIL's bicubic (antialiased) on float32 channels, short side -> size, center crop."""
+    from PIL import Image
+
+    _, _, height, width = images.shape
+    new_h, new_w = (size, size * width // height) if height <= width else (size * height // width, size)
+    out = []
+    for image in images:
+        channels = [Image.fromarray(c.numpy(), mode="F").resize((new_w, new_h), Image.BICUBIC) for c in image]
+        resized = np.stack([np.asarray(c) for c in channels]).clip(0, 1)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        out.append(torch.from_numpy(resized[:, top : top + size, left : left + size].copy()))
+    return torch.stack(out)
+
+
+# ---- preprocessing ----
+
+
+def test_preprocess_at_model_size_is_only_normalisation(scorer):
+    images = random_images(2, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.equal(scorer.preprocess(images), normalise(images))
+
+
+@pytest.mark.parametrize("shape", [(45, 61), (70, 40), (20, 24)])  # landscape, portrait, upscaled
+def test_preprocess_resize_and_crop_match_pil(scorer, shape):
+    images = random_images(2, *shape)
+    expected = normalise(pil_resize_crop(images, IMAGE_SIZE))
+    # In [0,1] pixel units (x std): PIL's and torch's float32 bicubic kernels differ by ~2e-6.
+    diff = ((scorer.preprocess(images) - expected) * torch.tensor(CLIP_STD).view(1, 3, 1, 1)).abs().max().item()
+    assert diff < TOLERANCE, diff
+
+
+def test_preprocessor_config_sets_mean_and_std(clip_setup, tmp_path):
+    folder = shutil.copytree(clip_setup[2], tmp_path / "clip")
+    mean, std = [0.5, 0.25, 0.125], [0.5, 0.5, 0.25]
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
+    images = random_images(1, IMAGE_SIZE, IMAGE_SIZE)
+    expected = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.equal(load_clip_scorer(folder).preprocess(images), expected)
+
+
+# ---- scores and ranking ----
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_scores_match_transformers_cosine_similarity(clip_setup, scorer, prompt):
+    model, tokenizer, _, _ = clip_setup
+    images = random_images(4, 48, 40, seed=1)
+    expected = reference_scores(model, tokenizer, scorer.preprocess(images), prompt)
+    scores = scorer.score(images, prompt)
+    assert scores.shape == (4,) and scores.dtype == torch.float32
+    assert (scores - expected).abs().max().item() < TOLERANCE
+
+
+def test_rerank_orders_by_descending_score(clip_setup, scorer):
+    model, tokenizer, _, _ = clip_setup
+    images = random_images(6, IMAGE_SIZE, IMAGE_SIZE, seed=2)
+    expected = reference_scores(model, tokenizer, normalise(images), "a cat")
+    result = scorer.rerank(images, "a cat")
+    assert torch.equal(result.order, torch.argsort(expected, descending=True))
+    assert result.best_index == int(expected.argmax())
+    assert result.order.dtype == torch.long and result.best_index == int(result.order[0])
+    assert (result.scores - expected).abs().max().item() < TOLERANCE
+
+
+def test_rerank_breaks_ties_by_lower_index(scorer, monkeypatch):
+    monkeypatch.setattr(scorer, "score", lambda images, prompt: torch.tensor([0.1, 0.3, 0.3, -0.2, 0.3]))
+    result = scorer.rerank(None, "x")
+    assert result.order.tolist() == [1, 2, 4, 0, 3] and result.best_index == 1
+
+
+def test_per_image_prompts_and_comfy_layout(scorer):
+    images = random_images(2, 40, 40, seed=3)
+    per_image = scorer.score(images, ["a cat", "zebra"])
+    one_by_one = torch.cat([scorer.score(images[:1], "a cat"), scorer.score(images[1:], "zebra")])
+    assert (per_image - one_by_one).abs().max().item() < TOLERANCE
+    channels_last = images.movedim(1, -1)  # ComfyUI IMAGE layout
+    assert torch.equal(scorer.score(images_from_comfy(channels_last), "a cat"), scorer.score(images, "a cat"))
+
+
+# ---- loading ----
+
+
+def test_single_file_with_config_beside_or_given(clip_setup, scorer, tmp_path):
+    model, _, folder, tokenizer_dir = clip_setup
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    # Older exports store both towers' position_ids buffers; they must be accepted and ignored.
+    state["text_model.embeddings.position_ids"] = torch.arange(CLIP_LENGTH)[None]
+    state["vision_model.embeddings.position_ids"] = torch.arange((IMAGE_SIZE // 8) ** 2 + 1)[None]
+    single = tmp_path / "clip.safetensors"
+    save_file(state, str(single))
+    images = random_images(3, 36, 50, seed=4)
+    expected = scorer.score(images, "a cat")
+    given = load_clip_scorer(single, tokenizer_path=tokenizer_dir, config_path=folder / "config.json")
+    assert torch.equal(given.score(images, "a cat"), expected)
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    beside = load_clip_scorer(single, tokenizer_path=tokenizer_dir)
+    assert torch.equal(beside.score(images, "a cat"), expected)
+
+
+def test_refuses_pickles_and_configs_that_are_not_full_clip(clip_setup, tmp_path):
+    _, _, folder, tokenizer_dir = clip_setup
+    pickle = tmp_path / "pytorch_model.bin"
+    pickle.write_bytes(b"not opened")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_clip_scorer(pickle, tokenizer_path=tokenizer_dir)
+    single = tmp_path / "weights" / "clip.safetensors"
+    single.parent.mkdir()
+    shutil.copy(folder / "model.safetensors", single)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_clip_scorer(single, tokenizer_path=tokenizer_dir)
+    (single.parent / "config.json").write_text(json.dumps({"model_type": "clip_text_model"}))
+    with pytest.raises(CheckpointError, match="full CLIP model"):
+        load_clip_scorer(single, tokenizer_path=tokenizer_dir)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.rand(0, 3, 32, 32), "empty"),
+        (torch.rand(2, 32, 32, 3), "images_from_comfy"),
+        (torch.rand(2, 1, 32, 32), r"\[B,3,H,W\]"),
+        (torch.rand(3, 32, 32), r"\[B,3,H,W\]"),
+        (torch.rand(1, 3, 32, 32) * 2 - 1, r"\[0,1\]"),
+        (torch.rand(1, 3, 32, 32) * 255, r"\[0,1\]"),
+        (torch.full((1, 3, 32, 32), float("nan")), r"\[0,1\]"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float tensor"),
+    ],
+)
+def test_bad_images_raise_clear_errors(scorer, images, message):
+    with pytest.raises(ValueError, match=message):
+        scorer.score(images, "a cat")
+
+
+def test_prompt_checks(scorer):
+    images = random_images(2, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="non-empty list"):
+        scorer.score(images, [])
+    with pytest.raises(ValueError, match="3 prompts for 2 images"):
+        scorer.score(images, ["a", "b", "c"])
+    assert scorer.score(images, "").shape == (2,)  # the empty prompt is a valid prompt
+    slightly_out = images.clamp(1e-4, 1 - 1e-4) + 5e-4  # within the [0,1] tolerance
+    assert scorer.score(slightly_out, "a cat").shape == (2,)
