@@ -84,3 +84,11 @@ def test_mask_free_editing(pipe):
     assert torch.equal(confined[~region], ids[~region]) and (confined[region] != ids[region]).any()
     with pytest.raises(ValueError, match="top_k must be an integer from 1 to 32"):
         edit_tokens(pipe.transformer, pipe.text_encoder, ids, "a dog", top_k=0, **kw)
+
+
+def test_transformer_and_vq_of_different_codebooks_are_refused(pipe):
+    from muse_core.models.vq import VQConfig, VQTokenizer
+
+    other = VQTokenizer(VQConfig.from_dict({**pipe.vq.config.to_dict(), "num_vq_embeddings": 48}))
+    with pytest.raises(ValueError, match="predicts 32 codes but the VQ has 48"):
+        inpaint(pipe.transformer, other, pipe.text_encoder, images(), torch.ones(16, 16), "x")

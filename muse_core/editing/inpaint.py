@@ -18,7 +18,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..sampling.generate import encode_prompts, micro_conditions
+from ..sampling.generate import check_codebooks, encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, StepCallback, decode
 
 TOKEN_RULES = ("any", "majority")
@@ -89,13 +89,8 @@ def inpaint(model, vq, text_encoder, images: torch.Tensor, mask: torch.Tensor, p
             "Paint the area to change, or use img2img / mask-free editing to change the whole image."
         )
     batch = images.shape[0]
-    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
-    if len(prompts) == 1:
-        prompts *= batch
-    if len(prompts) != batch:
-        raise ValueError(f"{len(prompts)} prompts for {batch} images: give one, or one per image.")
-    if model.codebook_size != vq.codebook_size:
-        raise ValueError(f"the transformer predicts {model.codebook_size} codes but the VQ has {vq.codebook_size}.")
+    prompts = prompts_per_image(prompts, batch)
+    check_codebooks(model, vq)
 
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
     with torch.no_grad():
@@ -103,7 +98,7 @@ def inpaint(model, vq, text_encoder, images: torch.Tensor, mask: torch.Tensor, p
     token_mask = token_mask.to(model.device)
     ids = torch.where(token_mask, model.mask_token_id, ids)
     height, width = images.shape[-2:]
-    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    guided = GuidedModel(model, cond, uncond, micro_conditions(height, width, batch, options))
     ratio = token_mask.flatten(1).float().mean(dim=1, keepdim=True)
     ids = decode(guided, ids, options, model.mask_token_id, starting_mask_ratio=ratio, callback=callback)
     with torch.no_grad():

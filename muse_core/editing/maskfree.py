@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..sampling.generate import encode_prompts, micro_conditions
+from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
 
 
@@ -31,11 +31,7 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
         raise ValueError(f"top_k must be an integer from 1 to {model.codebook_size}, got {top_k!r}.")
     options = SamplingOptions(guidance_scale=guidance_scale, seed=seed)  # validates guidance_scale
     batch = ids.shape[0]
-    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
-    if len(prompts) == 1:
-        prompts *= batch
-    if len(prompts) != batch:
-        raise ValueError(f"{len(prompts)} prompts for {batch} images: give one, or one per image.")
+    prompts = prompts_per_image(prompts, batch)
     eligible = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(ids.device).bool().expand_as(ids)
     ids = ids.clone().to(model.device)
     counts = [round(fraction * int(e.sum())) for e in eligible]
@@ -43,7 +39,7 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
         return ids
 
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
-    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    guided = GuidedModel(model, cond, uncond, micro_conditions(height, width, batch, options))
     generators = generators_for(seed, batch, ids.device)
     candidates = [e.flatten().nonzero()[:, 0].to(ids.device) for e in eligible]
     for iteration in range(iterations):

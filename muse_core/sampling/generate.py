@@ -11,6 +11,7 @@ Cost in transformer forward passes per image: ``steps`` (x2 batch with guidance)
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..text.conditioning import TextConditioning
 from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
@@ -40,6 +41,16 @@ def encode_prompts(text_encoder, prompts: list[str] | str, negative_prompt: list
     return cond, text_encoder.encode(negative).repeat_interleave(num_images_per_prompt)
 
 
+def prompts_per_image(prompts, batch: int) -> list[str]:
+    """One prompt per image: a single prompt (or a list of one) applies to every image."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if len(prompts) == 1:
+        prompts *= batch
+    if len(prompts) != batch:
+        raise ValueError(f"{len(prompts)} prompts for {batch} images: give one, or one per image.")
+    return prompts
+
+
 def token_grid(height: int, width: int, factor: int) -> tuple[int, int]:
     """The token grid of an image size; sizes must be positive multiples of the VQ factor."""
     for name, size in (("height", height), ("width", width)):
@@ -53,13 +64,14 @@ def token_grid(height: int, width: int, factor: int) -> tuple[int, int]:
     return height // factor, width // factor
 
 
-def micro_conditions(model, height: int, width: int, batch: int, options: SamplingOptions) -> torch.Tensor:
+def micro_conditions(height: int, width: int, batch: int, options: SamplingOptions) -> torch.Tensor:
     top, left = options.crop_coords
     return torch.tensor([[width, height, top, left, options.aesthetic_score]], dtype=torch.float32).repeat(batch, 1)
 
 
-def _check_codebook(model, vq) -> None:
-    if vq is not None and model.codebook_size != vq.codebook_size:
+def check_codebooks(model, vq) -> None:
+    """Refuse a transformer and VQ that were not trained together (their ids would mean nothing)."""
+    if model.codebook_size != vq.codebook_size:
         raise ValueError(
             f"the transformer predicts {model.codebook_size} codes but the VQ has {vq.codebook_size}: "
             "use the VQ that belongs to this transformer."
@@ -74,7 +86,7 @@ def generate(model, text_encoder, prompts, *, height: int, width: int, downsampl
     grid = token_grid(height, width, downsample_factor)
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, num_images_per_prompt, options.guided)
     batch = len(cond)
-    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    guided = GuidedModel(model, cond, uncond, micro_conditions(height, width, batch, options))
     ids = torch.full((batch, *grid), model.mask_token_id, dtype=torch.long, device=model.device)
     return decode(guided, ids, options, model.mask_token_id, callback=callback)
 
@@ -90,17 +102,13 @@ def super_resolve(sr_model, text_encoder, lowres_ids: torch.Tensor, prompts, *, 
     if lowres_ids.ndim != 3:
         raise ValueError(f"lowres_ids must be [B, h, w] token ids, got shape {tuple(lowres_ids.shape)}.")
     batch, h, w = lowres_ids.shape
-    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
-    if len(prompts) == 1:
-        prompts = prompts * batch
-    if len(prompts) != batch:
-        raise ValueError(f"{len(prompts)} prompts for {batch} low-res images: give one, or one per image.")
+    prompts = prompts_per_image(prompts, batch)
     height, width = scale * h * downsample_factor, scale * w * downsample_factor
     grid = token_grid(height, width, downsample_factor)
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
     with torch.no_grad():
         context = sr_model.encode_lowres(lowres_ids.to(sr_model.device))
-    micro = micro_conditions(sr_model, height, width, batch, options)
+    micro = micro_conditions(height, width, batch, options)
     guided = GuidedModel(sr_model, cond, uncond, micro, lowres_context=context)
     ids = torch.full((batch, *grid), sr_model.mask_token_id, dtype=torch.long, device=sr_model.device)
     return decode(guided, ids, options, sr_model.mask_token_id, callback=callback)
@@ -135,17 +143,13 @@ def img2img(model, text_encoder, ids: torch.Tensor, prompts, *, strength: float 
     """Re-generate part of the input ids ``[B, h, w]`` under ``prompts`` (one per image, or one for all)."""
     options = options or SamplingOptions()
     batch = ids.shape[0]
-    prompts = [prompts] * batch if isinstance(prompts, str) else list(prompts)
-    if len(prompts) == 1:
-        prompts = prompts * batch
-    if len(prompts) != batch:
-        raise ValueError(f"{len(prompts)} prompts for {batch} images: give one, or one per image.")
+    prompts = prompts_per_image(prompts, batch)
     ids = ids.to(model.device)
     masked, start = remask_for_strength(ids, strength, options, model.mask_token_id)
     if start == options.steps:
         return masked
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
-    guided = GuidedModel(model, cond, uncond, micro_conditions(model, height, width, batch, options))
+    guided = GuidedModel(model, cond, uncond, micro_conditions(height, width, batch, options))
     return decode(guided, masked, options, model.mask_token_id, start_step=start, callback=callback)
 
 
@@ -158,9 +162,10 @@ def upscale_via_img2img(model, low_vq, high_vq, text_encoder, lowres_ids: torch.
     model's VQ, then re-mask and resample a ``strength`` share of the schedule with that model (img2img).
     Cost: one decode, one encode, ``round(steps * strength)`` transformer passes.
     """
+    check_codebooks(model, high_vq)
     with torch.no_grad():
         images = low_vq.decode(lowres_ids.to(low_vq.device))
-        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="bicubic").clamp(0, 1)
+        images = F.interpolate(images, scale_factor=scale, mode="bicubic").clamp(0, 1)
         ids = high_vq.encode(images.to(high_vq.device))
     height, width = images.shape[-2:]
     return img2img(model, text_encoder, ids, prompts, strength=strength, height=height, width=width,
