@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from diffusers.pipelines.deprecated.amused import AmusedPipeline
 
@@ -10,7 +11,7 @@ from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve
 from muse_core.sampling.generate import remask_for_strength
 from muse_core.sampling.schedules import masked_fraction
 
-from .test_pipeline import TINY_VQ, amused_folder  # noqa: F401  (fixture)
+from .test_pipeline import PIPE_UVIT, TINY_VQ, amused_folder  # noqa: F401  (fixture)
 from .test_super_res import tiny_super_res
 from .test_text_encoders import clip_setup  # noqa: F401  (fixture)
 
@@ -21,7 +22,7 @@ def reference_pipeline(folder, tokenizer):
     return AmusedPipeline(
         vqvae=VQModel.from_pretrained(folder / "vqvae"),
         tokenizer=tokenizer,
-        text_encoder=__import__("transformers").CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
+        text_encoder=transformers.CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder"),
         transformer=UVit2DModel.from_pretrained(folder / "transformer"),
         scheduler=AmusedScheduler(mask_token_id=UVit2DModel.from_pretrained(folder / "transformer").config.vocab_size - 1),
     )
@@ -122,7 +123,7 @@ def test_img2img_strength_bounds(amused_folder):  # noqa: F811
 
 def test_super_resolve_doubles_the_grid(amused_folder):  # noqa: F811
     pipe = load_pipeline(amused_folder[0])
-    sr = tiny_super_res(uvit={**__import__("tests.test_pipeline", fromlist=["PIPE_UVIT"]).PIPE_UVIT})
+    sr = tiny_super_res(uvit=PIPE_UVIT)
     low = ours(pipe, ["a cat", "a dog"], seed=1)
     high = super_resolve(sr, pipe.text_encoder, low, ["a cat", "a dog"], downsample_factor=2)
     assert high.shape == (2, 16, 16) and (high != sr.mask_token_id).all()
@@ -133,8 +134,6 @@ def test_super_resolve_doubles_the_grid(amused_folder):  # noqa: F811
 @pytest.mark.slow
 def test_real_amused_256_ids_equal_amused_pipeline(tmp_path):
     """Real amused-256 transformer config (random weights), 12 steps, guidance 10, fp32, CPU."""
-    import transformers
-
     from .conftest import AMUSED_256
     from .reference import randomize_
     from .test_text_encoders import write_clip_tokenizer
