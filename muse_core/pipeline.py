@@ -27,6 +27,9 @@ from .models.super_res import SuperResTransformer
 from .models.uvit import MaskedTokenUViT
 from .models.vq import VQTokenizer
 
+# The small cascade the project trains and ships (muse_core/training/cascade.py), so the pack works offline.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
 
 @dataclasses.dataclass
 class MusePipeline:

@@ -114,6 +114,10 @@ class TextEncoder(nn.Module):
             raise ValueError(f"{type(self).__name__}.encode: prompts must be strings, got {bad[0]!r}.")
         return self._encode(list(prompts))
 
+    def forward(self, prompts: list[str]) -> TextConditioning:
+        """Differentiable encoding, for training the text encoder with the transformer."""
+        return self._encode(prompts)
+
     def _encode(self, prompts: list[str]) -> TextConditioning:
         raise NotImplementedError
 

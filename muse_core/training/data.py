@@ -1,0 +1,146 @@
+"""Image-caption folders for training, and token caches.
+
+A dataset folder holds images and one caption file:
+
+* ``captions.jsonl``: one JSON object per line, ``{"image": "relative/path.png", "caption": "..."}``,
+  optionally ``"negatives": ["caption that does not match", ...]`` (hard negatives for the reranker);
+  other keys are ignored;
+* or ``captions.txt``: one ``relative/path.png<TAB>caption`` per line.
+
+Images are resized (short side, area filter when shrinking) and center-cropped to a square resolution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CAPTION_FILES = ("captions.jsonl", "captions.txt")
+
+
+def read_captions(folder: Path) -> list[dict]:
+    folder = Path(folder)
+    path = next((folder / name for name in CAPTION_FILES if (folder / name).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"{folder}: no captions.jsonl or captions.txt. A training folder needs one of them "
+            "(see muse_core.training.data for the format)."
+        )
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            if path.suffix == ".jsonl":
+                record = json.loads(line)
+                record = {"image": record["image"], "caption": record["caption"], "negatives": record.get("negatives", [])}
+            else:
+                image, caption = line.split("\t", 1)
+                record = {"image": image, "caption": caption, "negatives": []}
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{path}:{number}: cannot read this line ({exc!r}); expected "
+                + ('{"image": ..., "caption": ...}' if path.suffix == ".jsonl" else "path<TAB>caption")
+            ) from None
+        records.append(record)
+    if not records:
+        raise ValueError(f"{path} lists no images.")
+    return records
+
+
+def load_image(path: Path, resolution: int) -> torch.Tensor:
+    """RGB image -> float [3, R, R] in [0, 1]: short side resized to R, then center-cropped."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        width, height = image.size
+        scale = resolution / min(width, height)
+        if (width, height) != (resolution, resolution):
+            size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+            image = image.resize(size, Image.Resampling.BOX if scale < 1 else Image.Resampling.BICUBIC)
+            left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+            image = image.crop((left, top, left + resolution, top + resolution))
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+class CaptionFolder(torch.utils.data.Dataset):
+    """Items ``{"images": [3,R,R], "caption": str, "negatives": list[str]}`` from a dataset folder."""
+
+    def __init__(self, folder: str | Path, resolution: int):
+        self.folder = Path(folder)
+        self.records = read_captions(self.folder)
+        self.resolution = resolution
+        missing = [r["image"] for r in self.records if not (self.folder / r["image"]).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.folder}: {len(missing)} listed images do not exist (first: {missing[0]}); "
+                "paths in the caption file are relative to the dataset folder."
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        return {
+            "images": load_image(self.folder / record["image"], self.resolution),
+            "caption": record["caption"],
+            "negatives": record["negatives"],
+        }
+
+    def captions(self) -> list[str]:
+        return [r["caption"] for r in self.records]
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "caption": str}`` for transformer training.
+
+    The VQ tokenizers are frozen while the transformers train, so each image is encoded once, not
+    once per epoch.
+    """
+
+    def __init__(self, captions: list[str], ids: torch.Tensor, lowres_ids: torch.Tensor | None = None):
+        if len(captions) != len(ids) or (lowres_ids is not None and len(lowres_ids) != len(ids)):
+            raise ValueError("TokenDataset: captions, ids and lowres_ids must have one entry per image.")
+        self.captions, self.ids, self.lowres_ids = captions, ids, lowres_ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"ids": self.ids[index], "caption": self.captions[index]}
+        if self.lowres_ids is not None:
+            item["lowres_ids"] = self.lowres_ids[index]
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors; gather strings into ``captions`` and negatives into ``negatives`` lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "caption":
+            batch["captions"] = values
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+@torch.no_grad()
+def encode_images(vq, dataset: CaptionFolder, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """All images of ``dataset`` -> VQ ids ``[N, h, w]`` (int16 when the codebook fits, to save memory)."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    chunks = []
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc=f"encode {dataset.resolution}px", disable=not progress, unit="batch"):
+        images = torch.stack([dataset[i]["images"] for i in range(start, min(start + batch_size, len(dataset)))])
+        chunks.append(vq.encode(images).cpu())
+    ids = torch.cat(chunks)
+    return ids.to(torch.int16) if vq.codebook_size <= torch.iinfo(torch.int16).max else ids

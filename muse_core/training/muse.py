@@ -1,0 +1,98 @@
+"""Muse masked-token training for the base and the super-resolution transformer.
+
+One step (Muse section 2.2, 2.4): draw a masking rate r per image from the truncated arccos density
+p(r) = (2/pi)(1 - r^2)^(-1/2) (sampled as r = cos(pi/2 * u), u ~ U(0,1); mean 0.64), replace
+max(1, round(r * L)) random tokens with the mask id, and score cross-entropy with label smoothing
+on the masked positions only. 10% of the prompts are replaced by "" so that the model also learns
+the unconditional distribution classifier-free guidance needs (the prompt is *dropped* 10% of the
+time; the reference training scripts keep it 10% of the time instead).
+
+The base objective can train its T5 text encoder jointly (our shipped cascade has no pretrained T5);
+the super-res objective conditions on the low-resolution ids and keeps the text encoder frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..loading import save_model
+from .text_encoder import save_t5_encoder
+
+
+def sample_mask_rates(batch: int, device=None) -> torch.Tensor:
+    """Masking rates r in (0, 1] drawn from the truncated arccos density."""
+    return torch.cos(0.5 * math.pi * torch.rand(batch, device=device))
+
+
+def random_token_mask(shape: tuple[int, int], rates: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: exactly max(1, round(r_b * L)) random positions per row."""
+    batch, length = shape
+    counts = (rates * length).round().clamp(1, length).long()
+    ranks = torch.rand(batch, length, device=rates.device).argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+def drop_prompts(captions: list[str], probability: float) -> list[str]:
+    keep = torch.rand(len(captions)) >= probability
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+class MaskedTokenObjective(nn.Module):
+    """Masked-token cross-entropy for a ``MaskedTokenUViT`` or, given ``lowres_ids``, a ``SuperResTransformer``.
+
+    Batches hold ``ids [B, h, w]`` (VQ ids of the training images), ``captions`` and, for super-res,
+    ``lowres_ids [B, h', w']`` (base-VQ ids of the same images at the base resolution).
+    ``image_size`` is the pixel size of the training images (the micro-conditioning the sampler gives).
+    """
+
+    def __init__(self, model: nn.Module, text_encoder: nn.Module, image_size: int, train_text_encoder: bool,
+                 label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = 6.0):
+        super().__init__()
+        self.model = model
+        self.text_encoder = text_encoder
+        self.text_encoder.requires_grad_(train_text_encoder)
+        self.train_text_encoder = train_text_encoder
+        self.image_size = image_size
+        self.label_smoothing = label_smoothing
+        self.prompt_dropout = prompt_dropout
+        self.aesthetic_score = aesthetic_score
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        ids = batch["ids"].long()
+        batch_size, height, width = ids.shape
+        masked = random_token_mask((batch_size, height * width), sample_mask_rates(batch_size, ids.device))
+        masked = masked.view(batch_size, height, width)
+        inputs = torch.where(masked, self.model.mask_token_id, ids)
+
+        captions = drop_prompts(batch["captions"], self.prompt_dropout if self.training else 0.0)
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            text = self.text_encoder(captions)
+        micro = self.model.default_micro_conds(self.image_size, self.image_size, batch_size, self.aesthetic_score)
+        micro = micro.to(ids.device)
+        conditioning = (text.hidden_states, text.pooled, micro)
+        if "lowres_ids" in batch:
+            context = self.model.encode_lowres(batch["lowres_ids"].long())
+            logits = self.model(inputs, context, *conditioning, encoder_attention_mask=text.attention_mask)
+        else:
+            logits = self.model(inputs, *conditioning, encoder_attention_mask=text.attention_mask)
+
+        logits = logits.permute(0, 2, 3, 1)[masked].float()  # [masked tokens, K]
+        targets = ids[masked]
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        return loss, {"acc": accuracy.item()}
+
+    def export(self, folder: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
+        """Write the transformer as ``folder/<name>.safetensors`` (and the text encoder if it was trained)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.train_text_encoder:
+            save_t5_encoder(self.text_encoder, folder, dtype)
+        path = folder / f"{name}.safetensors"
+        save_model(self.model, path, dtype=dtype)
+        return path

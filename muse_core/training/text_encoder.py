@@ -1,0 +1,42 @@
+"""A fresh T5 text encoder to train with the base transformer, and its export in diffusers' layout.
+
+Muse conditions on a frozen pretrained T5-XXL; a model trained offline has none, so the shipped
+cascade trains a small T5 encoder (transformers ``T5EncoderModel``) jointly with its base transformer,
+on a word-level tokenizer built from the captions (``training.tokenizer``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..text.t5 import T5TextEncoder
+
+
+def new_t5_encoder(tokenizer, d_model: int = 256, num_layers: int = 3, num_heads: int = 4, d_ff: int = 512,
+                   max_length: int = 64) -> T5TextEncoder:
+    from transformers import T5Config, T5EncoderModel  # noqa: PLC0415
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff, num_layers=num_layers,
+        num_heads=num_heads, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+        dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, use_cache=False,
+    )
+    return T5TextEncoder(T5EncoderModel(config), tokenizer, max_length)
+
+
+def save_t5_encoder(text_encoder, folder: Path, dtype: torch.dtype = torch.float16) -> None:
+    """``folder/text_encoder/`` (config.json + model.safetensors) and ``folder/tokenizer/``, as diffusers lays them out."""
+    model_dir, tokenizer_dir = Path(folder) / "text_encoder", Path(folder) / "tokenizer"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in text_encoder.model.state_dict().items()
+             if k != "encoder.embed_tokens.weight"}  # tied to shared.weight: stored once
+    save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
+    config = text_encoder.model.config.to_dict()
+    config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(dtype).removeprefix("torch.")
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    text_encoder.tokenizer.save_pretrained(str(tokenizer_dir))
