@@ -1,0 +1,199 @@
+"""Train a complete Muse cascade into a model folder that ``load_pipeline`` reads.
+
+Stages, each resumable (a stage whose output exists is skipped; an interrupted stage continues from
+its checkpoint in ``work_dir/<stage>/``):
+
+1. ``vqvae``: VQ tokenizer at the base resolution;
+2. ``super_res_vqvae``: VQ tokenizer at the super-res resolution;
+3. ``transformer``: base masked-token transformer, with its T5 text encoder trained jointly;
+4. ``super_res``: super-res transformer on (low-res ids, high-res ids), text encoder frozen;
+5. ``reranker``: a small CLIP model, contrastive with hard negatives.
+
+The data is any caption folder (see ``training.data``); by default the procedural shapes dataset is
+generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ..loading import load_model
+from ..models.super_res import SuperResConfig, SuperResTransformer
+from ..models.uvit import MaskedTokenUViT, UViTConfig
+from ..models.vq import VQTokenizer
+from ..text.t5 import load_t5_encoder
+from .data import CaptionFolder, TokenDataset, collate, encode_images
+from .loop import TrainConfig, setup_distributed, train
+from .muse import MaskedTokenObjective
+from .text_encoder import new_t5_encoder
+from .tokenizer import build_word_tokenizer
+from .vq import VQObjective, small_vq_config
+
+STAGES = ("vqvae", "super_res_vqvae", "transformer", "super_res", "reranker")
+
+
+@dataclasses.dataclass
+class CascadePreset:
+    base_size: int  # base images are base_size^2 pixels; super-res doubles that
+    dataset_size: int  # images generated when no data folder is given
+    codebook_size: int
+    vq_channels: int
+    text_width: int  # T5 d_model = transformer's text and pooled width
+    text_layers: int
+    width: int  # transformer hidden size (64-wide heads)
+    layers: int
+    sr_layers: int
+    lowres_width: int
+    lowres_layers: int
+    clip_width: int
+    clip_layers: int
+    vq: TrainConfig
+    transformer: TrainConfig
+    super_res: TrainConfig
+    reranker: TrainConfig
+
+    @property
+    def sr_size(self) -> int:
+        return 2 * self.base_size
+
+
+PRESETS = {
+    # The embedded default model (muse_core/default_model): 64 px base -> 128 px super-res.
+    "shipped": CascadePreset(
+        base_size=64, dataset_size=20_000, codebook_size=512, vq_channels=32, text_width=256, text_layers=3,
+        width=256, layers=6, sr_layers=4, lowres_width=128, lowres_layers=2, clip_width=128, clip_layers=3,
+        vq=TrainConfig(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
+        transformer=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=250),
+        super_res=TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, checkpoint_every=250),
+        reranker=TrainConfig(steps=1500, batch_size=128, lr=5e-4, warmup_steps=100, checkpoint_every=250),
+    ),
+    # Seconds on a CPU: for tests and for checking a data folder before a long run.
+    "tiny": CascadePreset(
+        base_size=16, dataset_size=64, codebook_size=32, vq_channels=8, text_width=32, text_layers=1,
+        width=64, layers=1, sr_layers=1, lowres_width=32, lowres_layers=1, clip_width=32, clip_layers=1,
+        vq=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        transformer=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+    ),
+}
+
+
+def transformer_config(preset: CascadePreset, grid: int, num_layers: int) -> UViTConfig:
+    """A small aMUSEd-style U-ViT; the conv stages halve the grid so attention runs on (grid/2)^2 tokens."""
+    channels = preset.width // 2
+    return UViTConfig(
+        hidden_size=preset.width, use_bias=False, cond_embed_dim=preset.text_width, micro_cond_encode_dim=16,
+        micro_cond_embed_dim=80, encoder_hidden_size=preset.text_width, vocab_size=preset.codebook_size + 1,
+        codebook_size=preset.codebook_size, in_channels=channels, block_out_channels=channels, num_res_blocks=1,
+        downsample=True, upsample=True, block_num_heads=max(1, channels // 64), num_hidden_layers=num_layers,
+        num_attention_heads=max(1, preset.width // 64), intermediate_size=3 * preset.width, sample_size=grid,
+    )
+
+
+def super_res_config(preset: CascadePreset, grid: int) -> SuperResConfig:
+    return SuperResConfig(
+        lowres_codebook_size=preset.codebook_size, lowres_hidden_size=preset.lowres_width,
+        lowres_num_layers=preset.lowres_layers, lowres_num_heads=max(1, preset.lowres_width // 64),
+        lowres_intermediate_size=3 * preset.lowres_width, transformer=transformer_config(preset, grid, preset.sr_layers),
+    )
+
+
+def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | CascadePreset = "shipped",
+                  data_dir: str | Path | None = None, stages=STAGES, seed: int = 0, progress: bool = True) -> Path:
+    """Train the requested ``stages`` of a cascade into ``out_dir``; returns ``out_dir``."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}.")
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    world = setup_distributed()
+    data_dir = Path(data_dir) if data_dir is not None else _shapes_dataset(work_dir / "data", preset, seed, world)
+    base_images = CaptionFolder(data_dir, preset.base_size)
+    captions = base_images.captions()
+
+    def run(stage: str, objective, dataset, config: TrainConfig):
+        config = dataclasses.replace(config, seed=seed)
+        return train(objective, dataset, config, work_dir / stage, collate, progress, description=stage)
+
+    def done(stage: str) -> bool:
+        return stage not in stages or (out_dir / _OUTPUT[stage]).exists()
+
+    if not done("vqvae"):
+        vq = VQTokenizer(small_vq_config(4, preset.codebook_size, preset.vq_channels))
+        _export(run("vqvae", VQObjective(vq), base_images, preset.vq), world, out_dir, "vqvae")
+    if not done("super_res_vqvae"):
+        vq = VQTokenizer(small_vq_config(8, preset.codebook_size, preset.vq_channels))
+        images = CaptionFolder(data_dir, preset.sr_size)
+        _export(run("super_res_vqvae", VQObjective(vq), images, preset.vq), world, out_dir, "super_res_vqvae")
+    if not done("transformer"):
+        tokenizer = build_word_tokenizer(captions, "t5", max_length=64)
+        text_encoder = new_t5_encoder(tokenizer, preset.text_width, preset.text_layers, max(1, preset.text_width // 64),
+                                      2 * preset.text_width)
+        ids = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
+        model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers))
+        objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True)
+        _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
+    if not done("super_res"):
+        lowres = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
+        highres = _token_cache(work_dir, out_dir, data_dir, preset, world, "super_res_vqvae", preset.sr_size, progress)
+        text_encoder = load_t5_encoder(out_dir, max_length=64)
+        model = SuperResTransformer(super_res_config(preset, highres.shape[-1]))
+        objective = MaskedTokenObjective(model, text_encoder, preset.sr_size, train_text_encoder=False)
+        dataset = TokenDataset(captions, highres, lowres)
+        _export(run("super_res", objective, dataset, preset.super_res), world, out_dir, "super_res")
+    if not done("reranker"):
+        from .clip import ClipObjective, new_clip_model  # noqa: PLC0415  (transformers' CLIP is heavy)
+
+        tokenizer = build_word_tokenizer(captions, "clip", max_length=32)
+        model = new_clip_model(tokenizer, preset.base_size, preset.clip_width, preset.clip_layers)
+        objective = ClipObjective(model, tokenizer)
+        _export(run("reranker", objective, base_images, preset.reranker), world, out_dir, "reranker")
+    return out_dir
+
+
+_OUTPUT = {
+    "vqvae": "vqvae.safetensors", "super_res_vqvae": "super_res_vqvae.safetensors",
+    "transformer": "transformer.safetensors", "super_res": "super_res.safetensors", "reranker": "reranker",
+}
+
+
+def _export(objective, world, out_dir: Path, stage: str) -> None:
+    """Rank 0 writes the stage's files in fp16; the other processes wait until they exist."""
+    if world.is_main:
+        objective.eval()
+        if stage == "reranker":
+            objective.export(out_dir / "reranker", dtype=torch.float16)
+        else:
+            objective.export(out_dir, stage, dtype=torch.float16)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _shapes_dataset(folder: Path, preset: CascadePreset, seed: int, world) -> Path:
+    from ..data.shapes import write_dataset  # noqa: PLC0415
+
+    if world.is_main and not (folder / "captions.jsonl").is_file():
+        write_dataset(folder, preset.dataset_size, seed=seed, size=preset.sr_size)
+    if dist.is_initialized():
+        dist.barrier()
+    return folder
+
+
+def _token_cache(work_dir: Path, out_dir: Path, data_dir: Path, preset: CascadePreset, world,
+                 vq_name: str, resolution: int, progress: bool) -> torch.Tensor:
+    """The dataset's ids under the exported (fp16-rounded) VQ, computed once and kept in work_dir."""
+    path = work_dir / f"tokens_{vq_name}.safetensors"
+    if world.is_main and not path.is_file():
+        vq = load_model(VQTokenizer, out_dir / _OUTPUT[vq_name], dtype=torch.float32, device=world.device)
+        ids = encode_images(vq, CaptionFolder(data_dir, resolution), progress=progress)
+        save_file({"ids": ids}, path, metadata={"resolution": json.dumps(resolution)})
+    if dist.is_initialized():
+        dist.barrier()
+    return load_file(path)["ids"]

@@ -1,0 +1,170 @@
+"""The training loop and the masked-token objectives: masking, prompt dropout, learning, resuming, DDP."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from muse_core.models.super_res import SuperResTransformer
+from muse_core.models.uvit import MaskedTokenUViT
+from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
+from muse_core.training.data import TokenDataset, collate
+from muse_core.training.loop import TrainConfig, batch_indices, Distributed, learning_rate, train
+from muse_core.training.muse import MaskedTokenObjective, drop_prompts, random_token_mask, sample_mask_rates
+from muse_core.training.text_encoder import new_t5_encoder
+from muse_core.training.tokenizer import build_word_tokenizer
+
+TINY = PRESETS["tiny"]
+CAPTIONS = ["a red circle", "a blue square", "two green triangles", "a red square left of a blue circle"]
+
+
+def test_mask_rates_follow_the_arccos_density():
+    torch.manual_seed(0)
+    rates = sample_mask_rates(200_000)
+    assert 0 <= rates.min() and rates.max() <= 1
+    assert rates.mean().item() == pytest.approx(2 / math.pi, abs=0.005)  # mean of p(r) = (2/pi)(1-r^2)^-1/2
+    # CDF of the density: P(r <= x) = 1 - (2/pi) arccos(x)
+    assert (rates <= 0.5).float().mean().item() == pytest.approx(1 - 2 / math.pi * math.acos(0.5), abs=0.005)
+
+
+def test_token_mask_masks_the_drawn_count_at_least_one():
+    mask = random_token_mask((3, 16), torch.tensor([0.0, 0.5, 1.0]))
+    assert mask.sum(1).tolist() == [1, 8, 16]
+
+
+def test_prompt_dropout_drops_ten_percent_not_keeps_it():
+    torch.manual_seed(0)
+    kept = drop_prompts(["x"] * 20_000, 0.1)
+    assert kept.count("") / len(kept) == pytest.approx(0.1, abs=0.01)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(steps=100, batch_size=1, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(config, 0) == pytest.approx(0.1)
+    assert learning_rate(config, 9) == pytest.approx(1.0)
+    assert learning_rate(config, 99) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_processes_draw_disjoint_batches_and_resume_mid_epoch():
+    config = TrainConfig(steps=10, batch_size=2)
+    ranks = [list(zip(range(3), batch_indices(8, config, Distributed(r, 2), 0))) for r in (0, 1)]
+    seen = [i for rank in ranks for _, batch in rank[:2] for i in batch]
+    assert sorted(seen) == list(range(8))  # one epoch = 2 batches per process, all samples once
+    resumed = list(zip(range(2), batch_indices(8, config, Distributed(0, 2), 1)))
+    assert [b for _, b in resumed] == [b for _, b in ranks[0][1:3]]
+
+
+def tiny_text_encoder():
+    return new_t5_encoder(build_word_tokenizer(CAPTIONS, "t5", 16), TINY.text_width, 1, 1, 64)
+
+
+def token_data(grid: int, count: int = 16, lowres_grid: int | None = None) -> TokenDataset:
+    """Token grids that depend on the caption, so there is something to learn."""
+    g = torch.Generator().manual_seed(0)
+    patterns = torch.randint(0, TINY.codebook_size, (len(CAPTIONS), grid, grid), generator=g)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(count)]
+    ids = torch.stack([patterns[i % len(CAPTIONS)] for i in range(count)])
+    lowres = None if lowres_grid is None else ids[:, ::2, ::2].contiguous()
+    return TokenDataset(captions, ids, lowres)
+
+
+def losses_of(objective, dataset, steps: int, tmp_path) -> list[float]:
+    seen = []
+    forward = objective.forward
+
+    def recording_forward(batch):
+        loss, logs = forward(batch)
+        seen.append(loss.item())
+        return loss, logs
+
+    objective.forward = recording_forward
+    config = TrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=2, precision="fp32", checkpoint_every=1000)
+    train(objective, dataset, config, tmp_path, collate, progress=False)
+    return seen
+
+
+def test_base_objective_learns_caption_dependent_tokens(tmp_path):
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=True)
+    losses = losses_of(objective, token_data(4), 40, tmp_path)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    # the text encoder is trained too
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text_encoder.parameters())
+
+
+def test_super_res_objective_learns_from_lowres_ids(tmp_path):
+    torch.manual_seed(0)
+    model = SuperResTransformer(super_res_config(TINY, 4))
+    text_encoder = tiny_text_encoder()
+    objective = MaskedTokenObjective(model, text_encoder, image_size=32, train_text_encoder=False)
+    losses = losses_of(objective, token_data(4, lowres_grid=2), 40, tmp_path)
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert all(p.grad is None for p in text_encoder.parameters())  # frozen
+
+
+def test_resumed_training_equals_uninterrupted_training(tmp_path):
+    config = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", checkpoint_every=3)
+
+    def run(folder, crash_at_call=None):
+        torch.manual_seed(0)
+        model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+        objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=True)
+        forward, calls = objective.forward, []
+
+        def crashing_forward(batch):
+            calls.append(1)
+            if len(calls) == crash_at_call:
+                raise KeyboardInterrupt  # the run is killed after its step-3 checkpoint
+            return forward(batch)
+
+        objective.forward = crashing_forward
+        train(objective, token_data(4), config, folder, collate, progress=False)
+        return objective.state_dict()
+
+    straight = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crash_at_call=5)
+    resumed = run(tmp_path / "b")  # a fresh process: new objective, continues from the checkpoint
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+from tests.test_training import TINY, tiny_text_encoder, token_data
+from muse_core.models.uvit import MaskedTokenUViT
+from muse_core.training.cascade import transformer_config
+from muse_core.training.data import collate
+from muse_core.training.loop import TrainConfig, train
+from muse_core.training.muse import MaskedTokenObjective
+torch.manual_seed(0)  # same initial weights on every process
+objective = MaskedTokenObjective(MaskedTokenUViT(transformer_config(TINY, 4, 1)), tiny_text_encoder(), 16, True)
+train(objective, token_data(4), TrainConfig(steps=4, batch_size=4, precision="fp32", warmup_steps=1),
+      sys.argv[1], collate, progress=False)
+flat = torch.cat([p.detach().flatten() for p in objective.parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+assert all(torch.equal(gathered[0], g) for g in gathered), "processes diverged"
+if dist.get_rank() == 0:
+    print("DDP-OK", dist.get_world_size())
+"""
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(root=str(Path(__file__).resolve().parents[1])))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP-OK 2" in result.stdout
+    assert (tmp_path / "run" / "checkpoint" / "state.safetensors").is_file()
