@@ -142,7 +142,7 @@ def load_clip_scorer(
     else found beside the weights (see ``locate_text_model``). Image mean/std come from a
     preprocessor_config.json next to the config if present, else CLIP's defaults.
     """
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast  # noqa: PLC0415
+    from transformers import CLIPConfig, CLIPModel  # noqa: PLC0415
 
     files, config, tokenizer_dir, source = locate_text_model(path, tokenizer_path, variant=None)
     config_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -158,7 +158,7 @@ def load_clip_scorer(
             "text and vision towers). Pass config_path= the model's config.json."
         )
     config = CLIPConfig.from_dict(config)
-    tokenizer = load_tokenizer(tokenizer_dir, CLIPTokenizerFast)
+    tokenizer = load_tokenizer(tokenizer_dir, _clip_tokenizer_class(tokenizer_dir))
     check_vocab(tokenizer, config.text_config.vocab_size, tokenizer_dir, source)
     # Older exports store the position_ids buffers; they are a constant arange, recreated below.
     state_dict = {k: v for k, v in read_text_weights(files).items() if not k.endswith("embeddings.position_ids")}
@@ -171,6 +171,19 @@ def load_clip_scorer(
     vision.position_ids = torch.arange(vision.num_positions, device=device)[None]
     fill_text_model(model, state_dict, source, dtype, device)
     return ClipScorer(model, tokenizer, *_image_normalisation(config_dir))
+
+
+def _clip_tokenizer_class(folder: Path):
+    """The class named in tokenizer_config.json (e.g. the word-level tokenizer of a CLIP trained by
+    ``muse_core.training.clip``), else CLIPTokenizerFast: a folder of vocab.json + merges.txt alone."""
+    from transformers import AutoTokenizer, CLIPTokenizerFast  # noqa: PLC0415
+
+    config_path = Path(folder) / "tokenizer_config.json"
+    try:
+        named = config_path.is_file() and "tokenizer_class" in json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc}); fix or remove the file.") from exc
+    return AutoTokenizer if named else CLIPTokenizerFast
 
 
 def _image_normalisation(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -28,7 +28,7 @@ from ..models.super_res import SuperResConfig, SuperResTransformer
 from ..models.uvit import MaskedTokenUViT, UViTConfig
 from ..models.vq import VQTokenizer
 from ..text.t5 import load_t5_encoder
-from .data import CaptionFolder, TokenDataset, collate, encode_images
+from .data import CaptionFolder, RandomCrops, TokenDataset, collate, encode_images
 from .loop import TrainConfig, setup_distributed, train
 from .muse import MaskedTokenObjective
 from .text_encoder import new_t5_encoder
@@ -54,6 +54,7 @@ class CascadePreset:
     clip_width: int
     clip_layers: int
     vq: TrainConfig
+    sr_vq: TrainConfig
     transformer: TrainConfig
     super_res: TrainConfig
     reranker: TrainConfig
@@ -66,18 +67,20 @@ class CascadePreset:
 PRESETS = {
     # The embedded default model (muse_core/default_model): 64 px base -> 128 px super-res.
     "shipped": CascadePreset(
-        base_size=64, dataset_size=20_000, codebook_size=512, vq_channels=32, text_width=256, text_layers=3,
-        width=256, layers=6, sr_layers=4, lowres_width=128, lowres_layers=2, clip_width=128, clip_layers=3,
-        vq=TrainConfig(steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
-        transformer=TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, checkpoint_every=250),
-        super_res=TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, checkpoint_every=250),
-        reranker=TrainConfig(steps=1500, batch_size=128, lr=5e-4, warmup_steps=100, checkpoint_every=250),
+        base_size=64, dataset_size=20_000, codebook_size=512, vq_channels=32, text_width=192, text_layers=2,
+        width=192, layers=4, sr_layers=2, lowres_width=128, lowres_layers=1, clip_width=128, clip_layers=2,
+        vq=TrainConfig(steps=1200, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
+        sr_vq=TrainConfig(steps=800, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=200),
+        transformer=TrainConfig(steps=1500, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=100),
+        super_res=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=100),
+        reranker=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=100),
     ),
     # Seconds on a CPU: for tests and for checking a data folder before a long run.
     "tiny": CascadePreset(
         base_size=16, dataset_size=64, codebook_size=32, vq_channels=8, text_width=32, text_layers=1,
         width=64, layers=1, sr_layers=1, lowres_width=32, lowres_layers=1, clip_width=32, clip_layers=1,
         vq=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        sr_vq=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         transformer=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
@@ -125,13 +128,13 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
     def done(stage: str) -> bool:
         return stage not in stages or (out_dir / _OUTPUT[stage]).exists()
 
-    if not done("vqvae"):
-        vq = VQTokenizer(small_vq_config(4, preset.codebook_size, preset.vq_channels))
-        _export(run("vqvae", VQObjective(vq), base_images, preset.vq), world, out_dir, "vqvae")
-    if not done("super_res_vqvae"):
-        vq = VQTokenizer(small_vq_config(8, preset.codebook_size, preset.vq_channels))
-        images = CaptionFolder(data_dir, preset.sr_size)
-        _export(run("super_res_vqvae", VQObjective(vq), images, preset.vq), world, out_dir, "super_res_vqvae")
+    vq_stages = (("vqvae", 4, preset.base_size, preset.vq), ("super_res_vqvae", 8, preset.sr_size, preset.sr_vq))
+    for stage, factor, size, config in vq_stages:
+        if not done(stage):
+            vq = VQTokenizer(small_vq_config(factor, preset.codebook_size, preset.vq_channels))
+            vq.to(memory_format=torch.channels_last)  # 2-3x faster convolutions on CPU
+            crops = RandomCrops(CaptionFolder(data_dir, size), size // 2, factor)
+            _export(run(stage, VQObjective(vq), crops, config), world, out_dir, stage)
     if not done("transformer"):
         tokenizer = build_word_tokenizer(captions, "t5", max_length=64)
         text_encoder = new_t5_encoder(tokenizer, preset.text_width, preset.text_layers, max(1, preset.text_width // 64),

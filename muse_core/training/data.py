@@ -96,6 +96,30 @@ class CaptionFolder(torch.utils.data.Dataset):
         return [r["caption"] for r in self.records]
 
 
+class RandomCrops(torch.utils.data.Dataset):
+    """Random ``size``-pixel square crops of a CaptionFolder's images (captions dropped).
+
+    Convolutional VQ tokenizers are translation-equivariant, so they learn from crops as from whole
+    images, at a fraction of the cost. Positions come from the global RNG (seeded per process by the
+    loop), so each visit sees another crop; offsets are multiples of ``align`` (the VQ factor), so
+    crop edges fall on token boundaries as image edges do.
+    """
+
+    def __init__(self, images: CaptionFolder, size: int, align: int):
+        if size > images.resolution or size % align:
+            raise ValueError(f"crop size {size} must be a multiple of {align} and at most {images.resolution}.")
+        self.images, self.size, self.align = images, size, align
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]["images"]
+        steps = (self.images.resolution - self.size) // self.align + 1
+        top, left = (self.align * int(i) for i in torch.randint(steps, (2,)))
+        return {"images": image[:, top : top + self.size, left : left + self.size]}
+
+
 class TokenDataset(torch.utils.data.Dataset):
     """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "caption": str}`` for transformer training.
 

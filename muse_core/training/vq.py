@@ -1,0 +1,159 @@
+"""Training the VQ tokenizer (``muse_core.models.vq.VQTokenizer``): a VQ-VAE with dead-code restarts.
+
+The objective quantises exactly as ``VQTokenizer.encode`` does (euclidean nearest code on the raw
+``quant_conv`` output, no normalisation) and decodes as ``decode`` does, so the exported model's
+``encode``/``decode`` are the trained ones. Images are [0,1] in and out, as ``encode``/``decode`` expect.
+
+Loss = L1 + MSE reconstruction + ||sg(z) - e||^2 (moves the codes) + commitment * ||z - sg(e)||^2
+(keeps the encoder near its codes), all in fp32 whatever autocast computes the convolutions in.
+
+Codes that the encoder stops choosing get no gradient and never come back. Their usage is tracked
+(an EMA of how often each code is picked); every ``restart_every`` steps the codes used less than
+``dead_usage`` times their fair share are moved onto random encoder outputs of the current batch.
+Usage starts at zero, so the first step initialises the whole codebook from the data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..loading import save_model
+from ..models.vq import VQConfig, VQTokenizer
+
+
+def small_vq_config(
+    downsample_factor: int,
+    codebook_size: int,
+    base_channels: int = 32,
+    embed_dim: int = 8,
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+) -> VQConfig:
+    """A small, fast VQ: log2(f)+1 blocks; full resolution at ``base_channels``, twice that below.
+
+    f4 -> (c, 2c, 2c), f8 -> (c, 2c, 2c, 2c). Narrow codes (``embed_dim`` 8, as ViT-VQGAN's factorised
+    codebooks) help keep the codebook in use. No mid-block attention: flat shapes need none, and it costs.
+    """
+    if downsample_factor < 2 or not math.log2(downsample_factor).is_integer():
+        raise ValueError(f"downsample_factor={downsample_factor} must be a power of two (4, 8, 16...).")
+    channels = (base_channels, *[2 * base_channels] * int(math.log2(downsample_factor)))
+    if base_channels % norm_num_groups:
+        raise ValueError(f"norm_num_groups={norm_num_groups} must divide base_channels={base_channels}.")
+    return VQConfig(
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
+        layers_per_block=layers_per_block,
+        latent_channels=embed_dim,
+        num_vq_embeddings=codebook_size,
+        norm_num_groups=norm_num_groups,
+        mid_block_add_attention=False,
+        lookup_from_codebook=True,
+        force_upcast=True,
+    )
+
+
+class VQObjective(nn.Module):
+    """Reconstruction + codebook + commitment loss for a ``VQTokenizer``; see the module docstring."""
+
+    def __init__(
+        self,
+        vq: VQTokenizer,
+        commitment: float = 0.25,
+        usage_decay: float = 0.99,
+        restart_every: int = 100,
+        dead_usage: float = 0.03,
+    ):
+        super().__init__()
+        self.vq = vq
+        self.commitment = commitment
+        self.usage_decay = usage_decay
+        self.restart_every = restart_every
+        self.dead_usage = dead_usage
+        # EMA of the share of positions that pick each code (sums to <= 1); zero: all codes start dead.
+        self.register_buffer("code_usage", torch.zeros(vq.codebook_size))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["images"]
+        self.vq._check_images(images)  # encode's shape and [0, 1] checks: a 0..255 folder fails here, not silently
+        z = self.vq.quant_conv(self.vq.encoder(images))
+        # Quantisation in fp32 under autocast too: bf16 distances would pick other codes than encode does.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            if self.training:
+                self._restart_dead_codes(rearrange(z.detach(), "b d h w -> (b h w) d"))
+            z_q, ids, codebook_loss, commitment_loss = self.quantize(z)
+        reconstruction = self.vq.decoder(self.vq.post_quant_conv(z_q)).float()
+        l1 = F.l1_loss(reconstruction, images.float())
+        mse = F.mse_loss(reconstruction, images.float())
+        loss = l1 + mse + codebook_loss + self.commitment * commitment_loss
+
+        counts = torch.bincount(ids.flatten(), minlength=self.vq.codebook_size).float()
+        if self.training:
+            self._update_usage(counts)
+        share = counts / counts.sum()
+        perplexity = torch.exp(-(share * share.clamp_min(1e-12).log()).sum())
+        logs = {
+            "rec": (l1 + mse).item(),
+            "commit": commitment_loss.item(),
+            "perplexity": perplexity.item(),
+            "codes_used": (self.code_usage > self._dead_below).float().mean().item(),
+        }
+        return loss, logs
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """fp32 ``quant_conv`` outputs [B,D,h,w] -> (straight-through codes [B,D,h,w], ids [B,h,w] as
+        ``VQTokenizer.encode`` picks them, codebook loss, commitment loss)."""
+        batch, _, height, width = z.shape
+        z = rearrange(z, "b d h w -> (b h w) d")
+        codebook = self.vq.quantize.embedding.weight.float()
+        with torch.no_grad():
+            ids = torch.cdist(z, codebook).argmin(dim=1)  # exactly encode's nearest-code rule
+        codes = F.embedding(ids, codebook)
+        codebook_loss = F.mse_loss(codes, z.detach())
+        commitment_loss = F.mse_loss(z, codes.detach())
+        z_q = z + (codes - z).detach()  # straight-through: the decoder's gradient flows into the encoder
+        # contiguous NCHW as decode feeds the decoder: a channels-last view makes CPU GroupNorm backward ~10x slower
+        z_q = rearrange(z_q, "(b h w) d -> b d h w", b=batch, h=height, w=width).contiguous()
+        return z_q, ids.view(batch, height, width), codebook_loss, commitment_loss
+
+    @property
+    def _dead_below(self) -> float:
+        return self.dead_usage / self.vq.codebook_size
+
+    @torch.no_grad()
+    def _update_usage(self, counts: torch.Tensor) -> None:
+        if dist.is_initialized():  # every rank must see the same usage, hence restart the same codes
+            counts = counts.clone()
+            dist.all_reduce(counts)
+        self.code_usage.mul_(self.usage_decay).add_(counts / counts.sum(), alpha=1 - self.usage_decay)
+        self.step += 1
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
+        """Move rarely used codes onto random encoder outputs ``z`` [N, D] (rank 0's, under DDP)."""
+        if self.step.item() % self.restart_every:
+            return
+        dead = (self.code_usage < self._dead_below).nonzero().squeeze(1)
+        if len(dead) == 0:
+            return
+        picks = torch.randint(len(z), (len(dead),), device=z.device)  # with replacement: N may be < #dead
+        replacement = z[picks]
+        if dist.is_initialized():
+            dist.broadcast(replacement, src=0)
+        weight = self.vq.quantize.embedding.weight
+        weight[dead] = replacement.to(weight.dtype)
+        # A fair share of usage, so a restarted code gets a few restart periods to be picked.
+        self.code_usage[dead] = 1 / self.vq.codebook_size
+
+    def export(self, folder: Path, name: str = "vqvae", dtype: torch.dtype = torch.float16) -> Path:
+        """Write ``folder/<name>.safetensors`` (loadable with ``load_model(VQTokenizer, path)``)."""
+        return save_model(self.vq, Path(folder) / f"{name}.safetensors", dtype)
