@@ -628,6 +628,8 @@ def add_eval(subparsers) -> None:
                         help="samples per prompt in the reranked row (default: 8)")
     parser.add_argument("--edit-iterations", type=bounded_int(1, MAX_STEPS), default=100,
                         help="mask-free editing iterations (default: 100)")
+    parser.add_argument("--guidance", type=bounded_float(0.0), default=None, metavar="G",
+                        help="guidance scale of the guided rows (default: the sampler's, 10)")
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     parser.add_argument("--batch-size", type=bounded_int(1, 256), default=16, metavar="N")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
@@ -647,7 +649,7 @@ def run_eval(args) -> None:
     scorer = load_clip_scorer(reranker, device=pipe.transformer.device) if reranker.is_dir() else None
     report = evaluate(pipe, scorer, settings=args.settings, limit=args.limit, seed=args.seed,
                       batch_size=args.batch_size, best_of=args.best_of, edit_iterations=args.edit_iterations,
-                      progress=not args.quiet)
+                      guidance_scale=args.guidance, progress=not args.quiet)
     print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..text.t5 import T5TextEncoder
+from .tokenizer import save_tokenizer
 
 
 def new_t5_encoder(tokenizer, d_model: int = 256, num_layers: int = 3, num_heads: int = 4, d_ff: int = 512,
@@ -39,4 +40,4 @@ def save_t5_encoder(text_encoder, folder: Path, dtype: torch.dtype = torch.float
     config = text_encoder.model.config.to_dict()
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(dtype).removeprefix("torch.")
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    text_encoder.tokenizer.save_pretrained(str(tokenizer_dir))
+    save_tokenizer(text_encoder.tokenizer, tokenizer_dir)
