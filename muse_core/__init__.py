@@ -22,6 +22,7 @@ _EXPORTS = {
     "VQTokenizer": "muse_core.models.vq",
     "VQConfig": "muse_core.models.vq",
     "TextConditioning": "muse_core.text",
+    "EncodedPrompts": "muse_core.text",
     "load_clip_encoder": "muse_core.text",
     "load_t5_encoder": "muse_core.text",
     "set_attention_backend": "muse_core.models.layers",

@@ -13,36 +13,45 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..text.conditioning import TextConditioning
+from ..text.conditioning import EncodedPrompts, TextConditioning
 from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
 from .schedules import masked_fraction
 
 MAX_TOKENS_PER_SIDE = 256  # 4096 px at f16: beyond this a typo in a size is likelier than a wish
 
 
-def encode_prompts(text_encoder, prompts: list[str] | str, negative_prompt: list[str] | str | None,
+def encode_prompts(text_encoder, prompts: list[str] | str | EncodedPrompts, negative_prompt: list[str] | str | None,
                    num_images_per_prompt: int, guided: bool) -> tuple[TextConditioning, TextConditioning | None]:
     """Conditional and (with guidance) unconditional conditioning, one row per output image.
 
     The unconditional branch is the encoded negative prompt, or the encoded empty prompt "" (as in aMUSEd).
+    ``prompts`` may be :class:`EncodedPrompts` (encoded once, e.g. by a graph's text-encode node); then
+    ``text_encoder`` is not used and the negative prompt is the one encoded with them.
     """
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+    if isinstance(prompts, EncodedPrompts):
+        if negative_prompt is not None:
+            raise ValueError("the prompts are already encoded with their negative prompt; pass negative_prompt=None.")
+        encoded = prompts.repeat_interleave(num_images_per_prompt)
+        return encoded.positive, encoded.negative if guided else None
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt (\"\" is allowed).")
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
-    cond = text_encoder.encode(prompts).repeat_interleave(num_images_per_prompt)
     if not guided:
-        return cond, None
-    negative = "" if negative_prompt is None else negative_prompt
-    negative = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
-    if len(negative) != len(prompts):
-        raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
-    return cond, text_encoder.encode(negative).repeat_interleave(num_images_per_prompt)
+        return text_encoder.encode(prompts).repeat_interleave(num_images_per_prompt), None
+    encoded = text_encoder.encode_with_negative(prompts, negative_prompt).repeat_interleave(num_images_per_prompt)
+    return encoded.positive, encoded.negative
 
 
-def prompts_per_image(prompts, batch: int) -> list[str]:
-    """One prompt per image: a single prompt (or a list of one) applies to every image."""
+def prompts_per_image(prompts, batch: int):
+    """One prompt per image: a single prompt (or a list of one, or one encoded prompt) applies to every image."""
+    if isinstance(prompts, EncodedPrompts):
+        if len(prompts) == 1:
+            return prompts.repeat_interleave(batch)
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} encoded prompts for {batch} images: give one, or one per image.")
+        return prompts
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if len(prompts) == 1:
         prompts *= batch

@@ -5,11 +5,12 @@
 """
 
 from .clip import CLIPTextEncoder, load_clip_encoder
-from .conditioning import TextConditioning, TextEncoder
+from .conditioning import EncodedPrompts, TextConditioning, TextEncoder
 from .t5 import T5TextEncoder, load_t5_encoder
 
 __all__ = [
     "CLIPTextEncoder",
+    "EncodedPrompts",
     "T5TextEncoder",
     "TextConditioning",
     "TextEncoder",

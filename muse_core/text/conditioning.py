@@ -81,6 +81,39 @@ class TextConditioning:
         return TextConditioning(torch.cat(hidden), torch.cat(mask), torch.cat([c.pooled for c in items]))
 
 
+@dataclasses.dataclass
+class EncodedPrompts:
+    """Prompts and negative prompts encoded once, then given to any number of sampling calls.
+
+    ``negative`` is the unconditional branch of classifier-free guidance (the encoded empty prompt
+    when no negative prompt was given). Either holds one row (shared by every image) or one per image.
+    """
+
+    positive: TextConditioning
+    negative: TextConditioning
+    prompts: list[str]
+
+    def __post_init__(self):
+        if len(self.positive) != len(self.negative) or len(self.positive) != len(self.prompts):
+            raise ValueError(
+                f"EncodedPrompts: {len(self.positive)} prompts, {len(self.negative)} negative prompts and "
+                f"{len(self.prompts)} prompt texts; they must pair up one to one."
+            )
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    def to(self, device=None, dtype=None) -> EncodedPrompts:
+        return EncodedPrompts(self.positive.to(device, dtype), self.negative.to(device, dtype), self.prompts)
+
+    def repeat_interleave(self, repeats: int) -> EncodedPrompts:
+        return EncodedPrompts(
+            self.positive.repeat_interleave(repeats),
+            self.negative.repeat_interleave(repeats),
+            [p for p in self.prompts for _ in range(repeats)],
+        )
+
+
 class TextEncoder(nn.Module):
     """Prompts -> TextConditioning. Subclasses wrap a transformers model and its tokenizer."""
 
@@ -113,6 +146,15 @@ class TextEncoder(nn.Module):
         if bad:
             raise ValueError(f"{type(self).__name__}.encode: prompts must be strings, got {bad[0]!r}.")
         return self._encode(list(prompts))
+
+    def encode_with_negative(self, prompts: list[str] | str, negative: list[str] | str | None = None) -> EncodedPrompts:
+        """Prompts plus their negative prompts (one for all, or one per prompt; None = the empty prompt)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        negative = "" if negative is None else negative
+        negative = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+        if len(negative) != len(prompts):
+            raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts: give one, or one per prompt.")
+        return EncodedPrompts(self.encode(prompts), self.encode(negative), prompts)
 
     def forward(self, prompts: list[str]) -> TextConditioning:
         """Differentiable encoding, for training the text encoder with the transformer."""

@@ -28,12 +28,12 @@ def locate_text_model(path, tokenizer_path, variant: str | None):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder.")
+    model_dir = _model_dir(path)
     if path.is_dir():
-        model_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
         files, config = find_weight_files(model_dir, variant), read_config(model_dir)
     else:
-        model_dir, files, config = path.parent, [path], None
-    search = [model_dir, model_dir / "tokenizer", model_dir.parent / "tokenizer"]
+        files, config = [path], None
+    search = _own_tokenizer_dirs(model_dir)
     if tokenizer_path is not None:
         tokenizer_path = Path(tokenizer_path)
         search = [tokenizer_path.parent if tokenizer_path.is_file() else tokenizer_path]
@@ -45,6 +45,21 @@ def locate_text_model(path, tokenizer_path, variant: str | None):
         )
     source = str(files[0] if len(files) == 1 else path)
     return files, config, tokenizer_dir, source
+
+def _model_dir(path: Path) -> Path:
+    if path.is_dir():
+        return path / "text_encoder" if (path / "text_encoder").is_dir() else path
+    return path.parent
+
+
+def _own_tokenizer_dirs(model_dir: Path) -> list[Path]:
+    return [model_dir, model_dir / "tokenizer", model_dir.parent / "tokenizer"]
+
+
+def has_own_tokenizer(path) -> bool:
+    """Whether ``locate_text_model`` finds a tokenizer for ``path`` without being given one."""
+    return any(_has_tokenizer_files(d) for d in _own_tokenizer_dirs(_model_dir(Path(path))))
+
 
 def fill_text_model(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, dtype, device) -> nn.Module:
     """Cast (honouring transformers' ``_keep_in_fp32_modules`` in fp16, as from_pretrained does) and fill."""

@@ -1,0 +1,140 @@
+"""Sampler nodes: text-to-image (and img2img from input tokens) with the base transformer, and
+token super-resolution with a Muse super-res transformer."""
+
+from __future__ import annotations
+
+from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve
+from muse_core.sampling.generate import check_codebooks
+
+from .previews import progress_callback
+from .runtime import running
+from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
+from .widgets import MAX_BATCH, decoding_options, seed
+
+
+def sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
+                     mask_schedule) -> SamplingOptions:
+    return SamplingOptions(steps=steps, guidance_scale=guidance, guidance_schedule=guidance_schedule,
+                           temperature=(temperature_start, temperature_end), mask_schedule=mask_schedule, seed=seed)
+
+
+def check_tokens(tokens: MuseTokens, vq, what: str) -> None:
+    """Refuse tokens made by another VQ tokenizer: their ids would mean other image patches."""
+    if tokens.codebook_size != vq.codebook_size or tokens.downsample_factor != vq.downsample_factor:
+        raise ValueError(
+            f"{what}: these tokens come from a VQ with {tokens.codebook_size} codes at factor "
+            f"{tokens.downsample_factor}, but the connected VQ has {vq.codebook_size} codes at factor "
+            f"{vq.downsample_factor}. Connect the VQ that belongs to the same model as the transformer."
+        )
+
+
+class MuseSampler:
+    DESCRIPTION = (
+        "Text-to-image by iterative parallel decoding: starts from a fully masked token grid and, at each step, "
+        "predicts every masked token at once and keeps the most confident. With input tokens (from VQ Encode) "
+        "and strength < 1 it is img2img. Outputs the tokens and the decoded images; shows the current tokens "
+        "at every step (grey checkerboard = still masked)."
+    )
+    CATEGORY = "Muse/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = (TOKENS, "IMAGE")
+    RETURN_NAMES = ("tokens", "images")
+    OUTPUT_TOOLTIPS = ("The generated token grids (for super-res or VQ Decode).", "The decoded images.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "transformer": (TRANSFORMER, {"tooltip": "The base transformer."}),
+                "vq": (VQ, {"tooltip": "The VQ tokenizer of this transformer: decodes the result and the previews."}),
+                "conditioning": (CONDITIONING, {"tooltip": "Prompt and negative prompt from Muse Text Encode."}),
+                "width": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16, "tooltip": (
+                    "Image width in pixels, a multiple of the VQ factor (aMUSEd: 16; native 256 or 512; "
+                    "the embedded model: 64). Ignored with input tokens.")}),
+                "height": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16, "tooltip": (
+                    "Image height in pixels (see width). Ignored with input tokens.")}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": (
+                    "Images to generate; image k uses seed + k. Ignored with input tokens (one per token grid).")}),
+                "seed": seed(),
+                **decoding_options(),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "With input tokens: the share of the schedule to run again (img2img); 1 redraws everything, "
+                    "0 returns the input. Without input tokens it has no effect.")}),
+            },
+            "optional": {
+                "tokens": (TOKENS, {"tooltip": "Optional start tokens (VQ Encode of an image) for img2img."}),
+            },
+        }
+
+    def sample(self, transformer, vq, conditioning, width, height, batch_size, seed, steps, guidance,
+               guidance_schedule, temperature_start, temperature_end, mask_schedule, strength, tokens=None):
+        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
+                                   mask_schedule)
+        with running(transformer, vq) as (model, vq_model):
+            check_codebooks(model, vq_model)
+            callback = progress_callback(steps, vq_model, model.mask_token_id)
+            if tokens is None:
+                ids = generate(model, None, conditioning, height=height, width=width,
+                               downsample_factor=vq_model.downsample_factor, num_images_per_prompt=batch_size,
+                               options=options, callback=callback)
+            else:
+                check_tokens(tokens, vq_model, "Muse Sampler")
+                image_height, image_width = tokens.image_size
+                ids = img2img(model, None, tokens.ids, conditioning, strength=strength, height=image_height,
+                              width=image_width, options=options, callback=callback)
+            images = vq_model.decode(ids.to(vq_model.device))
+        return MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size), image_to_comfy(images)
+
+
+class MuseSuperResSampler:
+    DESCRIPTION = (
+        "Muse super-resolution in token space: the super-res transformer redraws low-res tokens (from the Muse "
+        "Sampler) on a finer grid under the same prompt. Outputs the high-res tokens and images."
+    )
+    CATEGORY = "Muse/sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = (TOKENS, "IMAGE")
+    RETURN_NAMES = ("tokens", "images")
+    OUTPUT_TOOLTIPS = ("The high-resolution token grids.", "The decoded high-resolution images.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "super_res": (SUPER_RES, {"tooltip": "The super-resolution transformer."}),
+            "super_res_vq": (VQ, {"tooltip": "The VQ tokenizer of the high-resolution grid (decodes the result)."}),
+            "conditioning": (CONDITIONING, {"tooltip": "Prompt and negative prompt from Muse Text Encode."}),
+            "tokens": (TOKENS, {"tooltip": "Low-resolution tokens from the Muse Sampler (base model)."}),
+            "upscale": ("INT", {"default": 2, "min": 1, "max": 8, "tooltip": (
+                "Output pixel size / input pixel size (Muse: 256 -> 512 px is 2).")}),
+            "seed": seed(),
+            **decoding_options(steps=8),
+        }}
+
+    def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, seed, steps, guidance, guidance_schedule,
+               temperature_start, temperature_end, mask_schedule):
+        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
+                                   mask_schedule)
+        with running(super_res, super_res_vq) as (model, vq_model):
+            check_codebooks(model, vq_model)
+            if tokens.codebook_size != model.config.lowres_codebook_size:
+                raise ValueError(
+                    f"Muse Super-Res Sampler: the tokens come from a {tokens.codebook_size}-code VQ but this super-res "
+                    f"model reads {model.config.lowres_codebook_size}-code low-res tokens. Connect tokens from the "
+                    "base model of the same cascade."
+                )
+            grid_scale = upscale * tokens.downsample_factor / vq_model.downsample_factor
+            if grid_scale != int(grid_scale) or grid_scale < 1:
+                raise ValueError(
+                    f"Muse Super-Res Sampler: upscale {upscale} with a factor-{tokens.downsample_factor} low-res VQ "
+                    f"and a factor-{vq_model.downsample_factor} high-res VQ is {grid_scale:g} tokens per token; "
+                    "pick an upscale that makes it a whole number."
+                )
+            callback = progress_callback(steps, vq_model, model.mask_token_id)
+            ids = super_resolve(model, None, tokens.ids, conditioning, scale=int(grid_scale),
+                                downsample_factor=vq_model.downsample_factor, options=options, callback=callback)
+            images = vq_model.decode(ids.to(vq_model.device))
+        return MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size), image_to_comfy(images)
+
+
+NODE_CLASS_MAPPINGS = {"MuseSampler": MuseSampler, "MuseSuperResSampler": MuseSuperResSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"MuseSampler": "Muse Sampler", "MuseSuperResSampler": "Muse Super-Res Sampler"}

@@ -1,0 +1,55 @@
+"""The data types that flow between Muse nodes, and conversions to and from ComfyUI's IMAGE / MASK.
+
+ComfyUI's IMAGE is ``[B, H, W, 3]`` float in [0, 1] on the CPU and MASK is ``[B, H, W]``; muse_core
+takes ``[B, 3, H, W]`` images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+# Custom socket types: a socket only accepts a link of the same type, so a VQ cannot be plugged into
+# a transformer input.
+TRANSFORMER = "MUSE_TRANSFORMER"
+SUPER_RES = "MUSE_SUPER_RES"
+VQ = "MUSE_VQ"
+TEXT_ENCODER = "MUSE_TEXT_ENCODER"
+CONDITIONING = "MUSE_CONDITIONING"
+TOKENS = "MUSE_TOKENS"
+RERANKER = "MUSE_RERANKER"
+
+
+@dataclasses.dataclass
+class MuseTokens:
+    """A batch of VQ token grids and the tokenizer they belong to (to refuse mixing codebooks)."""
+
+    ids: torch.Tensor  # [B, h, w] long, on the CPU
+    downsample_factor: int
+    codebook_size: int
+
+    def __post_init__(self):
+        self.ids = self.ids.detach().to("cpu", torch.long)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) in pixels of the decoded images."""
+        return self.ids.shape[1] * self.downsample_factor, self.ids.shape[2] * self.downsample_factor
+
+
+def image_from_comfy(image: torch.Tensor) -> torch.Tensor:
+    """IMAGE ``[B, H, W, C]`` -> ``[B, 3, H, W]`` float32 (an alpha channel is dropped)."""
+    if image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"expected a ComfyUI IMAGE [B, H, W, 3], got shape {tuple(image.shape)}.")
+    return image[..., :3].movedim(-1, 1).float()
+
+
+def image_to_comfy(images: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` -> IMAGE ``[B, H, W, 3]`` float32 in [0, 1] on the CPU."""
+    return images.detach().float().clamp(0, 1).movedim(1, -1).cpu().contiguous()
+
+
+def mask_from_comfy(mask: torch.Tensor) -> torch.Tensor:
+    """MASK ``[H, W]`` or ``[B, H, W]`` -> ``[B, H, W]`` float32 (1 = the area to repaint)."""
+    return (mask[None] if mask.ndim == 2 else mask).float()

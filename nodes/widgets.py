@@ -1,0 +1,52 @@
+"""Input definitions several nodes share, so a widget means the same thing (and has the same default)
+on every node that shows it."""
+
+from __future__ import annotations
+
+from muse_core.sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
+
+from .runtime import ATTENTION_BACKENDS, DEVICES, DTYPES
+
+MAX_SEED = 2**63 - 1  # image k of a batch uses seed + k
+MAX_BATCH = 64
+
+
+def model_options(what: str) -> dict:
+    return {
+        "dtype": (DTYPES, {"default": "auto", "tooltip": (
+            f"Precision of the {what} weights. auto: fp32 on the CPU, bf16 (else fp16) on a GPU. "
+            "bf16 / fp16 halve the memory; only fp32 reproduces reference results bit for bit.")}),
+        "device": (DEVICES, {"default": "auto", "tooltip": (
+            "auto: run on ComfyUI's device (the GPU when there is one) and rest on the offload device "
+            "between runs; cpu: always run on the CPU (saves GPU memory, slower).")}),
+    }
+
+
+ATTENTION = (ATTENTION_BACKENDS, {"default": "auto", "tooltip": (
+    "Attention kernel. auto: xformers on a GPU when it is installed, else PyTorch SDPA; math: the plain "
+    "formula (slow, for checking).")})
+
+
+def seed(tooltip_extra: str = "") -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                    "tooltip": "Random seed; image k of a batch uses seed + k, so it can be made again alone." + tooltip_extra})
+
+
+def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str = "cosine") -> dict:
+    """Steps, guidance and temperature of iterative parallel decoding (defaults: aMUSEd's)."""
+    return {
+        "steps": ("INT", {"default": steps, "min": 1, "max": 1000, "tooltip": (
+            "Decoding steps: each predicts every masked token at once and keeps the most confident. "
+            "Muse: 24 base / 8 super-res; aMUSEd: 12.")}),
+        "guidance": ("FLOAT", {"default": guidance, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": (
+            "Classifier-free guidance scale; <= 1 turns guidance off (one model pass per step instead "
+            "of two). Small or undertrained models want 2-4.")}),
+        "guidance_schedule": (GUIDANCE_SCHEDULES, {"default": "constant", "tooltip": (
+            "constant: the same scale every step; linear: ramps from 0 to the scale over the steps.")}),
+        "temperature_start": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (
+            "Randomness in choosing which tokens to keep at the first step (linear to temperature_end).")}),
+        "temperature_end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (
+            "Randomness in choosing which tokens to keep at the last step.")}),
+        "mask_schedule": (tuple(MASK_SCHEDULES), {"default": mask_schedule, "tooltip": (
+            "How many tokens stay masked after each step. cosine: Muse / aMUSEd; linear: aMUSEd inpainting.")}),
+    }
