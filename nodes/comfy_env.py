@@ -35,6 +35,22 @@ def register_model_folder() -> None:
     folder_paths.add_model_folder_path(MUSE_FOLDER, path)
 
 
+EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "example_inputs"
+
+
+def install_example_inputs(input_dir: Path | None = None) -> None:
+    """Copy the images the example workflows load into ComfyUI's input folder (never overwriting)."""
+    if input_dir is None:
+        if folder_paths is None:
+            return
+        input_dir = Path(folder_paths.get_input_directory())
+    input_dir.mkdir(parents=True, exist_ok=True)
+    for source in sorted(EXAMPLE_INPUTS.glob("*.png")):
+        target = input_dir / source.name
+        if not target.exists():
+            target.write_bytes(source.read_bytes())
+
+
 def model_roots(kind: str) -> list[Path]:
     """The folders holding models of ``kind`` (``muse`` or ``text_encoders``)."""
     if folder_paths is not None:

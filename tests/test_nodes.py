@@ -1,0 +1,318 @@
+"""The ComfyUI node pack: node definitions, the shipped workflows run headlessly, error paths,
+device handling, progress and previews."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from muse_core.loading import CheckpointError
+from muse_core.pipeline import DEFAULT_MODEL_DIR
+
+from .comfy_harness import ROOT, CoreNodes, is_widget, load_pack, run_api, ui_to_api
+
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def embedded(nodes):
+    """(transformer, vq, text_encoder, super_res, super_res_vq) of the embedded model, loaded once."""
+    return nodes["MuseModelLoader"]().load("embedded", "auto", "auto", "auto")
+
+
+@pytest.fixture(scope="module")
+def conditioning(nodes, embedded):
+    return nodes["MuseTextEncode"]().encode(embedded[2], "two red circles on a blue background", "")[0]
+
+
+def comfy_module(pack, name):
+    return __import__(f"{pack.__name__}.nodes.{name}", fromlist=[name])
+
+
+# ---- node definitions ------------------------------------------------------------------------------
+
+def test_pack_exports_what_comfyui_reads(pack):
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(pack.NODE_CLASS_MAPPINGS) == 16
+    assert (ROOT / pack.WEB_DIRECTORY).is_dir()
+
+
+@pytest.mark.parametrize("name", sorted(load_pack().NODE_CLASS_MAPPINGS))
+def test_node_is_well_formed(nodes, name):
+    cls = nodes[name]
+    assert cls.CATEGORY.startswith("Muse/")
+    assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 40
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    function = getattr(cls, cls.FUNCTION)
+    specs = cls.INPUT_TYPES()
+    assert set(specs) <= {"required", "optional", "hidden"} and specs["required"]
+    parameters = inspect.signature(function).parameters
+    for section in ("required", "optional"):
+        for input_name, spec in specs.get(section, {}).items():
+            assert isinstance(spec, tuple) and 1 <= len(spec) <= 2, input_name
+            kind, options = spec[0], spec[1]
+            assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+            assert input_name in parameters, f"{name}.{cls.FUNCTION} does not take {input_name}"
+            if section == "optional":
+                assert parameters[input_name].default is None or is_widget(spec)
+            if isinstance(kind, (list, tuple)):
+                assert kind or input_name == "model_name", f"{name}.{input_name}: empty choice list"
+                assert not kind or options.get("default", kind[0]) in kind
+            elif kind in ("INT", "FLOAT"):
+                assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
+                assert isinstance(options["default"], int if kind == "INT" else float)
+            elif kind == "BOOLEAN":
+                assert isinstance(options["default"], bool)
+            else:
+                assert kind == "STRING" or kind.isupper(), f"{name}.{input_name}: socket types are upper case"
+
+
+def test_every_node_has_a_help_page(nodes):
+    missing = [name for name in nodes if not (ROOT / "web" / "docs" / f"{name}.md").is_file()]
+    assert not missing, f"no web/docs page for {missing}"
+
+
+# ---- workflows ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def core(tmp_path):
+    comfy_env = __import__(f"{load_pack().__name__}.nodes.comfy_env", fromlist=["comfy_env"])
+    comfy_env.install_example_inputs(tmp_path / "input")  # what the pack does to ComfyUI's input folder
+    return CoreNodes(tmp_path / "input", tmp_path / "output")
+
+
+def test_workflows_cover_the_issue():
+    names = {path.stem for path in WORKFLOWS}
+    assert names == {"muse_text_to_image", "muse_super_res_cascade", "muse_inpaint_upscale", "muse_outpaint",
+                     "muse_mask_free_edit", "muse_best_of_n_rerank", "muse_img2img"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_runs_headless(path, nodes, core):
+    mappings = {**core.mappings, **nodes}
+    workflow = json.loads(path.read_text())
+    assert workflow["version"] == 0.4
+    api = ui_to_api(workflow, mappings)
+    assert api == json.loads((path.parent / "api" / path.name).read_text()), "API copy out of date: run tools/build_workflows.py"
+    results = run_api(api, mappings)
+    saved = [image for result in results.values() if result["ui"] for image in result["ui"].get("images", [])]
+    assert saved, "the workflow saved no image"
+    for entry in saved:
+        assert (core.output_dir / entry["filename"]).stat().st_size > 0
+
+
+def test_inpaint_workflow_keeps_unmasked_pixels(nodes, core, embedded, conditioning):
+    image, mask = core.mappings["LoadImage"]().load_image("muse_example_inpaint.png")
+    assert mask.shape == (1, 64, 64) and 0 < mask.mean() < 1
+    result, tokens = nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, mask, 0, 4, 3.0, "constant",
+                                                    2.0, 0.0, "linear", "any", True)
+    keep = mask[0] < 0.5
+    assert torch.equal(result[0][keep], image[0][keep])
+    assert not torch.equal(result[0][~keep], image[0][~keep])
+    assert tokens.ids.shape == (1, 16, 16)
+
+
+def test_rerank_sorts_and_reports_scores(nodes, embedded, conditioning):
+    _, images = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 3, 5, 4, 3.0, "constant", 2.0, 0.0,
+                                              "cosine", 1.0)
+    (reranker,) = nodes["MuseRerankerLoader"]().load("embedded/reranker", "auto", "auto")
+    out = nodes["MuseCLIPRerank"]().rerank(reranker, images, "", conditioning)
+    scores, order = out["ui"]["muse_scores"], out["ui"]["muse_order"]
+    assert sorted(order) == [0, 1, 2] and scores == sorted(scores, reverse=True)
+    sorted_images, best, text = out["result"]
+    assert torch.equal(sorted_images, images[order]) and torch.equal(best, images[order[0]][None])
+    assert text.splitlines()[0].startswith(f"#1: image {order[0]}")
+
+
+def test_sampler_image_k_is_reproduced_alone(nodes, embedded, conditioning):
+    sampler = nodes["MuseSampler"]()
+    batch, _ = sampler.sample(*embedded[:2], conditioning, 64, 64, 3, 7, 4, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
+    alone, _ = sampler.sample(*embedded[:2], conditioning, 64, 64, 1, 9, 4, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
+    assert torch.equal(batch.ids[2:], alone.ids)
+
+
+def test_img2img_strength_zero_returns_the_input_tokens(nodes, embedded, conditioning, core):
+    image, _ = core.mappings["LoadImage"]().load_image("muse_example_shapes.png")
+    (tokens,) = nodes["MuseVQEncode"]().encode(embedded[1], image)
+    out, _ = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 4, 3.0, "constant", 2.0, 0.0,
+                                           "cosine", 0.0, tokens=tokens)
+    assert torch.equal(out.ids, tokens.ids)
+
+
+# ---- error paths -------------------------------------------------------------------------------------
+
+def test_missing_model_file_says_where_it_looked(nodes, monkeypatch, tmp_path):
+    monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"looked in {tmp_path}.*refresh"):
+        nodes["MuseTransformerLoader"]().load("gone.safetensors", "auto", "auto", "auto")
+    with pytest.raises(ValueError, match="inside the model folders"):
+        nodes["MuseVQLoader"]().load("../secret.safetensors", "auto", "auto", "auto")
+
+
+@pytest.mark.parametrize("loader, name, message", [
+    ("MuseTransformerLoader", "embedded/vqvae.safetensors", "holds a 'vq' model.*vq loader"),
+    ("MuseVQLoader", "embedded/transformer.safetensors", "holds a 'uvit' model"),
+    ("MuseSuperResLoader", "embedded/transformer.safetensors", "holds a 'uvit' model"),
+])
+def test_wrong_model_kind_in_a_loader(nodes, loader, name, message):
+    with pytest.raises(CheckpointError, match=message):
+        nodes[loader]().load(name, "auto", "auto", "auto")
+
+
+def test_clip_loader_refuses_a_t5_folder(nodes):
+    with pytest.raises(CheckpointError, match="not"):
+        nodes["MuseCLIPTextLoader"]().load("embedded/text_encoder", "auto", "auto")
+
+
+def test_mask_of_another_size(nodes, embedded, conditioning):
+    image = torch.rand(1, 64, 64, 3)
+    with pytest.raises(ValueError, match="mask is 32x32 but the image is 64x64"):
+        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.ones(1, 32, 32), 0, 2, 3.0,
+                                       "constant", 2.0, 0.0, "linear", "any", True)
+
+
+def test_image_without_alpha_gives_an_actionable_inpaint_error(nodes, embedded, conditioning):
+    image = torch.rand(1, 128, 128, 3)
+    with pytest.raises(ValueError, match="MaskEditor"):
+        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.zeros(1, 64, 64), 0, 2, 3.0,
+                                       "constant", 2.0, 0.0, "linear", "any", True)
+
+
+def test_size_not_a_multiple_of_the_vq_factor(nodes, embedded):
+    with pytest.raises(ValueError, match="not a multiple of the VQ factor 4.*60x64"):
+        nodes["MuseVQEncode"]().encode(embedded[1], torch.rand(1, 64, 62, 3))
+
+
+def test_tokens_of_another_vq_are_refused(nodes, embedded, conditioning):
+    tokens, _ = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 2, 3.0, "constant", 2.0, 0.0,
+                                              "cosine", 1.0)
+    with pytest.raises(ValueError, match="Connect the VQ that belongs"):
+        nodes["MuseVQDecode"]().decode(embedded[4], tokens)
+    with pytest.raises(ValueError, match="pick an upscale"):
+        nodes["MuseSuperResSampler"]().sample(*embedded[3:], conditioning, tokens, 3, 0, 2, 3.0, "constant", 2.0, 0.0,
+                                              "cosine")
+
+
+def test_empty_prompt_is_refused(nodes, embedded):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        nodes["MuseTextEncode"]().encode(embedded[2], "  ", "")
+
+
+def test_bad_sizes_and_margins(nodes, embedded, conditioning):
+    with pytest.raises(ValueError, match="multiples of the VQ downsampling factor"):
+        nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 66, 64, 1, 0, 2, 3.0, "constant", 2.0, 0.0,
+                                      "cosine", 1.0)
+    with pytest.raises(ValueError, match="at least one > 0"):
+        nodes["MuseOutpaint"]().outpaint(*embedded[:2], conditioning, torch.rand(1, 64, 64, 3), 0, 0, 0, 0, 0, 2, 3.0,
+                                         "constant", 2.0, 0.0, "linear")
+
+
+# ---- model lists, tokenizers, devices, progress ------------------------------------------------------
+
+def test_model_lists_show_files_and_component_folders(pack, monkeypatch, tmp_path):
+    model_files = comfy_module(pack, "model_files")
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "shapes")
+    (tmp_path / "loose").mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / "vqvae.safetensors", tmp_path / "loose" / "my_vq.safetensors")
+    monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
+    assert model_files.model_folder_names() == ["embedded", "shapes"]
+    names = model_files.component_names(["vqvae.safetensors"])
+    assert names[0] == "embedded/vqvae.safetensors"
+    assert {"loose/my_vq.safetensors", "shapes/text_encoder", "shapes/reranker", "shapes/transformer.safetensors"} <= set(names)
+    assert not any(name.startswith("shapes/text_encoder/") for name in names), "a component folder's files are its own"
+    assert model_files.resolve("loose/my_vq.safetensors") == tmp_path / "loose" / "my_vq.safetensors"
+
+
+def test_bare_text_encoder_file_uses_comfyuis_tokenizer(pack, nodes, monkeypatch, tmp_path):
+    comfy_env = comfy_module(pack, "comfy_env")
+    weights = load_file(DEFAULT_MODEL_DIR / "text_encoder" / "model.safetensors")
+    save_file(weights, tmp_path / "t5_small.safetensors")  # like a t5xxl file: weights only, no tokenizer
+    (tmp_path / "config.json").write_text((DEFAULT_MODEL_DIR / "text_encoder" / "config.json").read_text())
+    monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
+    with pytest.raises(CheckpointError, match="no tokenizer found"):
+        nodes["MuseT5Loader"]().load("t5_small.safetensors", "auto", "auto")
+    monkeypatch.setattr(comfy_env, "comfy_tokenizer_dir", lambda name: DEFAULT_MODEL_DIR / "tokenizer")
+    (loaded,) = nodes["MuseT5Loader"]().load("t5_small.safetensors", "auto", "auto")
+    assert loaded.model.encode("a red circle").hidden_states.shape[-1] == 192
+
+
+class FakeProgressBar:
+    def __init__(self, total):
+        self.total, self.updates = total, []
+
+    def update_absolute(self, value, total=None, preview=None):
+        self.updates.append((value, total, preview))
+
+
+def test_progress_bar_gets_a_preview_every_step(pack, nodes, embedded, conditioning, monkeypatch):
+    comfy_env = comfy_module(pack, "comfy_env")
+    bars = []
+
+    class Utils:
+        @staticmethod
+        def ProgressBar(total):
+            bars.append(FakeProgressBar(total))
+            return bars[-1]
+
+    monkeypatch.setattr(comfy_env, "comfy_utils", Utils)
+    nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 2, 0, 6, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
+    (bar,) = bars
+    assert [value for value, _, _ in bar.updates] == list(range(1, 7)) and bar.total == 6
+    kinds, images, sizes = zip(*[preview for _, _, preview in bar.updates])
+    assert set(kinds) == {"JPEG"} and all(image.size == (64, 64) for image in images)
+    first, last = (torch.from_numpy(np.asarray(image).reshape(-1, 3).astype(np.float32)) for image in (images[0], images[-1]))
+    grey = lambda pixels: ((pixels[:, 0] == pixels[:, 1]) & (pixels[:, 1] == pixels[:, 2])).float().mean()  # noqa: E731
+    assert grey(first) > grey(last), "still-masked cells are drawn as a grey checkerboard"
+
+
+def test_cancel_stops_sampling(pack, nodes, embedded, conditioning, monkeypatch):
+    comfy_env = comfy_module(pack, "comfy_env")
+    calls = []
+
+    class Interrupted(Exception):
+        pass
+
+    class ModelManagement:
+        @staticmethod
+        def throw_exception_if_processing_interrupted():
+            calls.append(1)
+            if len(calls) == 3:
+                raise Interrupted
+
+        @staticmethod
+        def soft_empty_cache():
+            pass
+
+    monkeypatch.setattr(comfy_env, "model_management", ModelManagement)
+    with pytest.raises(Interrupted):
+        nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 12, 3.0, "constant", 2.0, 0.0,
+                                      "cosine", 1.0)
+    assert len(calls) == 3
+
+
+def test_models_return_to_rest_device_and_oom_names_the_model(pack):
+    runtime = comfy_module(pack, "runtime")
+    layer = torch.nn.Linear(2, 2)
+    loaded = runtime.LoadedModel(layer, "transformer 'big.safetensors'", torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="Out of GPU memory while running transformer 'big.safetensors'.*fp16"):
+        with runtime.running(loaded):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+    assert layer.weight.device.type == "cpu"
