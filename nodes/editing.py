@@ -63,16 +63,14 @@ class MuseInpaint:
                 "Copy the unmasked pixels back from the input (they stay exactly as they were).")}),
         }}
 
-    def inpaint(self, transformer, vq, conditioning, image, mask, seed, steps, guidance, guidance_schedule,
-                temperature_start, temperature_end, mask_schedule, token_rule, blend):
+    def inpaint(self, transformer, vq, conditioning, image, mask, token_rule, blend, **decoding):
         images = image_from_comfy(image)
         pixel_mask = editing_mask(mask, images)
-        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                                   mask_schedule)
+        options = sampling_options(**decoding)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             result = inpaint(model, vq_model, None, images, pixel_mask, conditioning, options=options, rule=token_rule,
-                             blend=blend, callback=progress_callback(steps, vq_model, model.mask_token_id))
+                             blend=blend, callback=progress_callback(options.steps, vq_model, model.mask_token_id))
         return image_to_comfy(result.images), MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
 
 
@@ -100,16 +98,14 @@ class MuseOutpaint:
             **decoding_options(mask_schedule="linear"),
         }}
 
-    def outpaint(self, transformer, vq, conditioning, image, left, top, right, bottom, seed, steps, guidance,
-                 guidance_schedule, temperature_start, temperature_end, mask_schedule):
+    def outpaint(self, transformer, vq, conditioning, image, left, top, right, bottom, **decoding):
         images = image_from_comfy(image)
-        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                                   mask_schedule)
+        options = sampling_options(**decoding)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             result = outpaint(model, vq_model, None, images, conditioning, left=left, top=top, right=right,
                               bottom=bottom, options=options,
-                              callback=progress_callback(steps, vq_model, model.mask_token_id))
+                              callback=progress_callback(options.steps, vq_model, model.mask_token_id))
         tokens = MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
         return image_to_comfy(result.images), result.pixel_mask.float().cpu(), tokens
 

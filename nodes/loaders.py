@@ -64,7 +64,7 @@ class MuseModelLoader:
             wrap(pipe.vq, "VQ"),
             wrap(pipe.text_encoder, "text encoder"),
             wrap(pipe.super_res, "super-res transformer"),
-            wrap(pipe.super_res and (pipe.super_res_vq or pipe.vq), "super-res VQ"),
+            wrap(None if pipe.super_res is None else pipe.super_res_vq or pipe.vq, "super-res VQ"),
         )
 
 

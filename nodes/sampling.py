@@ -14,6 +14,7 @@ from .widgets import MAX_BATCH, decoding_options, seed
 
 def sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
                      mask_schedule) -> SamplingOptions:
+    """The seed and ``decoding_options`` widgets of a node, as muse_core's options."""
     return SamplingOptions(steps=steps, guidance_scale=guidance, guidance_schedule=guidance_schedule,
                            temperature=(temperature_start, temperature_end), mask_schedule=mask_schedule, seed=seed)
 
@@ -66,13 +67,11 @@ class MuseSampler:
             },
         }
 
-    def sample(self, transformer, vq, conditioning, width, height, batch_size, seed, steps, guidance,
-               guidance_schedule, temperature_start, temperature_end, mask_schedule, strength, tokens=None):
-        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                                   mask_schedule)
+    def sample(self, transformer, vq, conditioning, width, height, batch_size, strength, tokens=None, **decoding):
+        options = sampling_options(**decoding)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
-            callback = progress_callback(steps, vq_model, model.mask_token_id)
+            callback = progress_callback(options.steps, vq_model, model.mask_token_id)
             if tokens is None:
                 ids = generate(model, None, conditioning, height=height, width=width,
                                downsample_factor=vq_model.downsample_factor, num_images_per_prompt=batch_size,
@@ -110,10 +109,8 @@ class MuseSuperResSampler:
             **decoding_options(steps=8),
         }}
 
-    def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, seed, steps, guidance, guidance_schedule,
-               temperature_start, temperature_end, mask_schedule):
-        options = sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                                   mask_schedule)
+    def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, **decoding):
+        options = sampling_options(**decoding)
         with running(super_res, super_res_vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             if tokens.codebook_size != model.config.lowres_codebook_size:
@@ -129,7 +126,7 @@ class MuseSuperResSampler:
                     f"and a factor-{vq_model.downsample_factor} high-res VQ is {grid_scale:g} tokens per token; "
                     "pick an upscale that makes it a whole number."
                 )
-            callback = progress_callback(steps, vq_model, model.mask_token_id)
+            callback = progress_callback(options.steps, vq_model, model.mask_token_id)
             ids = super_resolve(model, None, tokens.ids, conditioning, scale=int(grid_scale),
                                 downsample_factor=vq_model.downsample_factor, options=options, callback=callback)
             images = vq_model.decode(ids.to(vq_model.device))

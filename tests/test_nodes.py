@@ -42,6 +42,17 @@ def conditioning(nodes, embedded):
     return nodes["MuseTextEncode"]().encode(embedded[2], "two red circles on a blue background", "")[0]
 
 
+def decoding(**changes) -> dict:
+    """The seed and decoding widgets of sampler and editing nodes (few steps: these tests check plumbing)."""
+    return {"seed": 0, "steps": 4, "guidance": 3.0, "guidance_schedule": "constant", "temperature_start": 2.0,
+            "temperature_end": 0.0, "mask_schedule": "cosine", **changes}
+
+
+def sample(nodes, embedded, conditioning, batch_size=1, strength=1.0, tokens=None, size=64, **changes):
+    return nodes["MuseSampler"]().sample(*embedded[:2], conditioning, size, 64, batch_size, strength, tokens,
+                                         **decoding(**changes))
+
+
 def comfy_module(pack, name):
     return __import__(f"{pack.__name__}.nodes.{name}", fromlist=[name])
 
@@ -65,14 +76,15 @@ def test_node_is_well_formed(nodes, name):
     specs = cls.INPUT_TYPES()
     assert set(specs) <= {"required", "optional", "hidden"} and specs["required"]
     parameters = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for section in ("required", "optional"):
         for input_name, spec in specs.get(section, {}).items():
             assert isinstance(spec, tuple) and 1 <= len(spec) <= 2, input_name
             kind, options = spec[0], spec[1]
             assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
-            assert input_name in parameters, f"{name}.{cls.FUNCTION} does not take {input_name}"
+            assert input_name in parameters or takes_any, f"{name}.{cls.FUNCTION} does not take {input_name}"
             if section == "optional":
-                assert parameters[input_name].default is None or is_widget(spec)
+                assert parameters[input_name].default is None
             if isinstance(kind, (list, tuple)):
                 assert kind or input_name == "model_name", f"{name}.{input_name}: empty choice list"
                 assert not kind or options.get("default", kind[0]) in kind
@@ -122,8 +134,8 @@ def test_workflow_runs_headless(path, nodes, core):
 def test_inpaint_workflow_keeps_unmasked_pixels(nodes, core, embedded, conditioning):
     image, mask = core.mappings["LoadImage"]().load_image("muse_example_inpaint.png")
     assert mask.shape == (1, 64, 64) and 0 < mask.mean() < 1
-    result, tokens = nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, mask, 0, 4, 3.0, "constant",
-                                                    2.0, 0.0, "linear", "any", True)
+    result, tokens = nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, mask, "any", True,
+                                                    **decoding(mask_schedule="linear"))
     keep = mask[0] < 0.5
     assert torch.equal(result[0][keep], image[0][keep])
     assert not torch.equal(result[0][~keep], image[0][~keep])
@@ -131,8 +143,7 @@ def test_inpaint_workflow_keeps_unmasked_pixels(nodes, core, embedded, condition
 
 
 def test_rerank_sorts_and_reports_scores(nodes, embedded, conditioning):
-    _, images = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 3, 5, 4, 3.0, "constant", 2.0, 0.0,
-                                              "cosine", 1.0)
+    _, images = sample(nodes, embedded, conditioning, batch_size=3, seed=5)
     (reranker,) = nodes["MuseRerankerLoader"]().load("embedded/reranker", "auto", "auto")
     out = nodes["MuseCLIPRerank"]().rerank(reranker, images, "", conditioning)
     scores, order = out["ui"]["muse_scores"], out["ui"]["muse_order"]
@@ -143,17 +154,15 @@ def test_rerank_sorts_and_reports_scores(nodes, embedded, conditioning):
 
 
 def test_sampler_image_k_is_reproduced_alone(nodes, embedded, conditioning):
-    sampler = nodes["MuseSampler"]()
-    batch, _ = sampler.sample(*embedded[:2], conditioning, 64, 64, 3, 7, 4, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
-    alone, _ = sampler.sample(*embedded[:2], conditioning, 64, 64, 1, 9, 4, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
+    batch, _ = sample(nodes, embedded, conditioning, batch_size=3, seed=7)
+    alone, _ = sample(nodes, embedded, conditioning, seed=9)
     assert torch.equal(batch.ids[2:], alone.ids)
 
 
 def test_img2img_strength_zero_returns_the_input_tokens(nodes, embedded, conditioning, core):
     image, _ = core.mappings["LoadImage"]().load_image("muse_example_shapes.png")
     (tokens,) = nodes["MuseVQEncode"]().encode(embedded[1], image)
-    out, _ = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 4, 3.0, "constant", 2.0, 0.0,
-                                           "cosine", 0.0, tokens=tokens)
+    out, _ = sample(nodes, embedded, conditioning, strength=0.0, tokens=tokens)
     assert torch.equal(out.ids, tokens.ids)
 
 
@@ -185,15 +194,15 @@ def test_clip_loader_refuses_a_t5_folder(nodes):
 def test_mask_of_another_size(nodes, embedded, conditioning):
     image = torch.rand(1, 64, 64, 3)
     with pytest.raises(ValueError, match="mask is 32x32 but the image is 64x64"):
-        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.ones(1, 32, 32), 0, 2, 3.0,
-                                       "constant", 2.0, 0.0, "linear", "any", True)
+        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.ones(1, 32, 32), "any", True,
+                                       **decoding())
 
 
 def test_image_without_alpha_gives_an_actionable_inpaint_error(nodes, embedded, conditioning):
     image = torch.rand(1, 128, 128, 3)
     with pytest.raises(ValueError, match="MaskEditor"):
-        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.zeros(1, 64, 64), 0, 2, 3.0,
-                                       "constant", 2.0, 0.0, "linear", "any", True)
+        nodes["MuseInpaint"]().inpaint(*embedded[:2], conditioning, image, torch.zeros(1, 64, 64), "any", True,
+                                       **decoding())
 
 
 def test_size_not_a_multiple_of_the_vq_factor(nodes, embedded):
@@ -202,13 +211,11 @@ def test_size_not_a_multiple_of_the_vq_factor(nodes, embedded):
 
 
 def test_tokens_of_another_vq_are_refused(nodes, embedded, conditioning):
-    tokens, _ = nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 2, 3.0, "constant", 2.0, 0.0,
-                                              "cosine", 1.0)
+    tokens, _ = sample(nodes, embedded, conditioning, steps=2)
     with pytest.raises(ValueError, match="Connect the VQ that belongs"):
         nodes["MuseVQDecode"]().decode(embedded[4], tokens)
     with pytest.raises(ValueError, match="pick an upscale"):
-        nodes["MuseSuperResSampler"]().sample(*embedded[3:], conditioning, tokens, 3, 0, 2, 3.0, "constant", 2.0, 0.0,
-                                              "cosine")
+        nodes["MuseSuperResSampler"]().sample(*embedded[3:], conditioning, tokens, 3, **decoding())
 
 
 def test_empty_prompt_is_refused(nodes, embedded):
@@ -218,11 +225,9 @@ def test_empty_prompt_is_refused(nodes, embedded):
 
 def test_bad_sizes_and_margins(nodes, embedded, conditioning):
     with pytest.raises(ValueError, match="multiples of the VQ downsampling factor"):
-        nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 66, 64, 1, 0, 2, 3.0, "constant", 2.0, 0.0,
-                                      "cosine", 1.0)
+        sample(nodes, embedded, conditioning, size=66)
     with pytest.raises(ValueError, match="at least one > 0"):
-        nodes["MuseOutpaint"]().outpaint(*embedded[:2], conditioning, torch.rand(1, 64, 64, 3), 0, 0, 0, 0, 0, 2, 3.0,
-                                         "constant", 2.0, 0.0, "linear")
+        nodes["MuseOutpaint"]().outpaint(*embedded[:2], conditioning, torch.rand(1, 64, 64, 3), 0, 0, 0, 0, **decoding())
 
 
 # ---- model lists, tokenizers, devices, progress ------------------------------------------------------
@@ -273,7 +278,7 @@ def test_progress_bar_gets_a_preview_every_step(pack, nodes, embedded, condition
             return bars[-1]
 
     monkeypatch.setattr(comfy_env, "comfy_utils", Utils)
-    nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 2, 0, 6, 3.0, "constant", 2.0, 0.0, "cosine", 1.0)
+    sample(nodes, embedded, conditioning, batch_size=2, steps=6)
     (bar,) = bars
     assert [value for value, _, _ in bar.updates] == list(range(1, 7)) and bar.total == 6
     kinds, images, sizes = zip(*[preview for _, _, preview in bar.updates])
@@ -303,8 +308,7 @@ def test_cancel_stops_sampling(pack, nodes, embedded, conditioning, monkeypatch)
 
     monkeypatch.setattr(comfy_env, "model_management", ModelManagement)
     with pytest.raises(Interrupted):
-        nodes["MuseSampler"]().sample(*embedded[:2], conditioning, 64, 64, 1, 0, 12, 3.0, "constant", 2.0, 0.0,
-                                      "cosine", 1.0)
+        sample(nodes, embedded, conditioning, steps=12)
     assert len(calls) == 3
 
 
