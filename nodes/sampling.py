@@ -110,6 +110,12 @@ class MuseSuperResSampler:
         }}
 
     def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, **decoding):
+        if super_res is None or super_res_vq is None:
+            raise ValueError(
+                "Muse Super-Res Sampler: no super-res model is connected (the loaded folder has no super_res/ stage; "
+                "aMUSEd has none). Load one with Muse Super-Res Loader, or upscale with VQ Decode -> an image "
+                "upscaler -> VQ Encode -> Muse Sampler at strength 0.3-0.6."
+            )
         options = sampling_options(**decoding)
         with running(super_res, super_res_vq) as (model, vq_model):
             check_codebooks(model, vq_model)

@@ -32,7 +32,7 @@ class MuseTextEncode:
         if not prompt.strip():
             raise ValueError(
                 "Muse Text Encode: the prompt is empty. Describe the image in words, e.g. "
-                "\"two red circles on a blue background\"."
+                "\"two red circles on a white background\"."
             )
         with running(text_encoder) as (encoder,):
             encoded = encoder.encode_with_negative(prompt, negative_prompt)

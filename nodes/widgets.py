@@ -42,7 +42,7 @@ def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str
             "Classifier-free guidance scale; <= 1 turns guidance off (one model pass per step instead "
             "of two). Small or undertrained models want 2-4.")}),
         "guidance_schedule": (GUIDANCE_SCHEDULES, {"default": "constant", "tooltip": (
-            "constant: the same scale every step; linear: ramps from 0 to the scale over the steps.")}),
+            "constant: the same scale every step; linear: rises from 1 (no guidance) to the scale over the steps (Muse).")}),
         "temperature_start": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (
             "Randomness in choosing which tokens to keep at the first step (linear to temperature_end).")}),
         "temperature_end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (

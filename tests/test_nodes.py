@@ -320,3 +320,14 @@ def test_models_return_to_rest_device_and_oom_names_the_model(pack):
         with runtime.running(loaded):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     assert layer.weight.device.type == "cpu"
+
+
+def test_missing_super_res_stage_and_foreign_text_encoder(nodes, embedded, conditioning):
+    tokens, _ = sample(nodes, embedded, conditioning, steps=2)
+    with pytest.raises(ValueError, match="no super-res model is connected.*Super-Res Loader"):
+        nodes["MuseSuperResSampler"]().sample(None, None, conditioning, tokens, 2, **decoding())
+    narrow = conditioning.to(dtype=torch.float32)
+    narrow.positive.hidden_states = narrow.positive.hidden_states[..., :96]
+    narrow.negative.hidden_states = narrow.negative.hidden_states[..., :96]
+    with pytest.raises(ValueError, match="96-wide token states.*expects 192.*trained with"):
+        sample(nodes, embedded, narrow, steps=2)

@@ -18,12 +18,15 @@ sys.path.insert(0, str(ROOT))
 
 from tests.comfy_harness import CoreNodes, extra_widget_values, is_widget, load_pack, ui_to_api  # noqa: E402
 
-PROMPT = "two red circles on a blue background"
+PROMPT = "two red circles on a white background"  # the embedded model knows 5 backgrounds, not blue
 EMBEDDED_SAMPLING = {"guidance": 3.0, "temperature_start": 0.5}  # the small embedded model overshoots at 10
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
                "ImageScaleBy": "Upscale Image By"}
+# Room for what the front-end draws below the widgets: image previews, the extension's cost line.
+EXTRA_HEIGHT = {"LoadImage": 260, "SaveImage": 240, "PreviewImage": 240, "MuseSampler": 240, "MuseSuperResSampler": 240,
+                "MuseInpaint": 240, "MuseOutpaint": 240, "MuseMaskFreeEdit": 240, "MuseCLIPRerank": 180}
 LOADER = ("loader", "MuseModelLoader", {"model": "embedded"})
 
 
@@ -154,7 +157,9 @@ def build_ui(graph: dict, mappings: dict, titles: dict) -> dict:
             raise ValueError(f"{key}: no widgets named {sorted(unknown)}")
         outputs = [{"name": name, "type": kind, "links": outgoing.get((key, slot), []), "slot_index": slot}
                    for slot, (name, kind) in enumerate(zip(_output_names(cls), cls.RETURN_TYPES))]
-        height = 46 + 24 * (len(inputs) + len(widgets_values)) + (60 if cls_name == "MuseTextEncode" else 0)
+        multiline = sum(1 for spec in specs.get("required", {}).values() if len(spec) > 1 and spec[1].get("multiline"))
+        height = (30 + 20 * max(len(inputs), len(outputs)) + 24 * (len(widgets_values) - multiline) + 70 * multiline
+                  + EXTRA_HEIGHT.get(cls_name, 0))
         column = depth[key]
         y = column_height.get(column, 60)
         column_height[column] = y + height + 40

@@ -62,6 +62,18 @@ def generators_for(seed: int, batch: int, device) -> list[torch.Generator]:
     return [torch.Generator(device=device).manual_seed(seed + k) for k in range(batch)]
 
 
+def check_text_width(model, text: TextConditioning) -> None:
+    """Refuse conditioning from a text encoder the transformer was not trained with (widths differ)."""
+    config = getattr(model.config, "transformer", model.config)  # a super-res model wraps a U-ViT config
+    widths = (text.hidden_states.shape[-1], text.pooled.shape[-1])
+    if widths != (config.encoder_hidden_size, config.cond_embed_dim):
+        raise ValueError(
+            f"the text encoder gives {widths[0]}-wide token states and a {widths[1]}-wide pooled vector, but the "
+            f"transformer expects {config.encoder_hidden_size} and {config.cond_embed_dim}: use the text encoder "
+            "this transformer was trained with (T5 for Muse models, CLIP-L/14 for aMUSEd)."
+        )
+
+
 class GuidedModel:
     """Runs a Muse transformer on [unconditional, conditional] in one batch and mixes the logits.
 
@@ -72,6 +84,7 @@ class GuidedModel:
     def __init__(self, model, cond: TextConditioning, uncond: TextConditioning | None, micro_conds: torch.Tensor,
                  lowres_context: torch.Tensor | None = None):
         self.model = model
+        check_text_width(model, cond)
         text = cond if uncond is None else TextConditioning.cat([uncond, cond])
         self.text = text.to(device=model.device, dtype=model.dtype)
         repeats = 1 if uncond is None else 2

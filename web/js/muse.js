@@ -48,10 +48,8 @@ function fitNodeToWidgets(node) {
     node.setDirtyCanvas?.(true, true);
 }
 
-// nodes/rerank.py sends {"muse_scores": [...], "muse_order": [...]}, both best first.
-function rankingLines(message) {
-    const scores = Array.isArray(message?.muse_scores) ? message.muse_scores : [];
-    const order = Array.isArray(message?.muse_order) ? message.muse_order : [];
+// One line per ranked image, from the two lists nodes/rerank.py sends (both best first).
+function rankingLines(scores, order) {
     const count = Math.min(scores.length, order.length);
     const lines = [];
     for (let rank = 0; rank < Math.min(count, MAX_RANK_ROWS); rank++) {
@@ -78,7 +76,9 @@ function addRankingDisplay(nodeType) {
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
-        this.museRankingLines = rankingLines(message);
+        // A cached node may report no UI data: keep the ranking already shown.
+        if (!Array.isArray(message?.muse_scores) || !Array.isArray(message?.muse_order)) return;
+        this.museRankingLines = rankingLines(message.muse_scores, message.muse_order);
         fitNodeToWidgets(this);
     };
 }
