@@ -71,14 +71,20 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim, bias=bias)])
 
+    def key_value(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, heads, L, head_dim]`` of ``context``; for a fixed text, compute them once."""
+        return tuple(rearrange(proj(context), "b n (h d) -> b h n d", h=self.heads) for proj in (self.to_k, self.to_v))
+
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = (
-            rearrange(proj(t), "b n (h d) -> b h n d", h=self.heads)
-            for proj, t in ((self.to_q, x), (self.to_k, context), (self.to_v, context))
-        )
+        """Self-attention, or cross-attention to ``context`` (or to its precomputed ``key_value``)."""
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=self.heads)
+        k, v = key_value if key_value is not None else self.key_value(x if context is None else context)
         out = attention(q, k, v, key_mask=context_mask, backend=self.backend)
         return self.to_out[0](rearrange(out, "b h n d -> b n (h d)"))
 

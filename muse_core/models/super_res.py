@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import ModelConfig, MuseModel
 from .layers import Attention, FeedForward, RMSNorm
-from .uvit import HEAD_DIM, MaskedTokenUViT, UViTConfig, _count
+from .uvit import HEAD_DIM, MaskedTokenUViT, TextContext, UViTConfig, _count
 
 
 @dataclasses.dataclass
@@ -119,6 +119,22 @@ class SuperResTransformer(MuseModel):
             x = layer(x)
         return self.lowres_proj(self.lowres_norm(x))
 
+    def text_context(
+        self,
+        lowres_context: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_text_emb: torch.Tensor,
+        micro_conds: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> TextContext:
+        """The high-res transformer's :class:`TextContext`, over the text followed by the low-res context."""
+        context = torch.cat([encoder_hidden_states, lowres_context.to(encoder_hidden_states.dtype)], dim=1)
+        mask = None
+        if encoder_attention_mask is not None:
+            lowres_visible = encoder_attention_mask.new_ones(lowres_context.shape[:2])
+            mask = torch.cat([encoder_attention_mask, lowres_visible], dim=1)
+        return self.transformer.text_context(context, pooled_text_emb, micro_conds, mask)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -129,12 +145,12 @@ class SuperResTransformer(MuseModel):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """High-res ids ``[B, H, W]`` + :meth:`encode_lowres` output + text -> logits ``[B, codebook, H, W]``."""
-        context = torch.cat([encoder_hidden_states, lowres_context.to(encoder_hidden_states.dtype)], dim=1)
-        mask = None
-        if encoder_attention_mask is not None:
-            lowres_visible = encoder_attention_mask.new_ones(lowres_context.shape[:2])
-            mask = torch.cat([encoder_attention_mask, lowres_visible], dim=1)
-        return self.transformer(input_ids, context, pooled_text_emb, micro_conds, mask)
+        text = self.text_context(lowres_context, encoder_hidden_states, pooled_text_emb, micro_conds,
+                                 encoder_attention_mask)
+        return self.forward_with_text(input_ids, text)
+
+    def forward_with_text(self, input_ids: torch.Tensor, text: TextContext) -> torch.Tensor:
+        return self.transformer.forward_with_text(input_ids, text)
 
     @classmethod
     def infer_config(cls, shapes: Mapping[str, torch.Size]) -> SuperResConfig:

@@ -84,6 +84,18 @@ class UViTConfig(ModelConfig):
         return self.micro_cond_embed_dim // self.micro_cond_encode_dim
 
 
+@dataclasses.dataclass
+class TextContext:
+    """What the text and micro-conditions give every decoding step, computed once per generation
+    (:meth:`MaskedTokenUViT.text_context`): the conditioning vector, the projected text, its mask, and
+    the keys and values of every cross-attention (the text does not change between steps)."""
+
+    cond: torch.Tensor  # [B, hidden_size]
+    context: torch.Tensor  # [B, L, hidden_size]
+    mask: torch.Tensor | None  # [B, L] bool, True = attend
+    keys_values: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]  # cross-attention module -> (k, v)
+
+
 class ConvNextBlock(nn.Module):
     def __init__(self, channels: int, cond_dim: int, eps: float, affine: bool, bias: bool, dropout: float):
         super().__init__()
@@ -116,11 +128,14 @@ class CrossAttentionBlock(nn.Module):
         self.norm2 = RMSNorm(channels, 1e-6)
         self.attn2 = Attention(channels, heads, channels // heads, context_dim=channels, bias=bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+    def keys_values(self, context: torch.Tensor) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
         if self.kv_mapper is not None:
             context = self.kv_mapper(F.silu(context))
-        x = x + self.attn1(self.norm1(x), context, context_mask)
-        return x + self.attn2(self.norm2(x), context, context_mask)
+        return {self.attn1: self.attn1.key_value(context), self.attn2: self.attn2.key_value(context)}
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), context_mask=text.mask, key_value=text.keys_values[self.attn1])
+        return x + self.attn2(self.norm2(x), context_mask=text.mask, key_value=text.keys_values[self.attn2])
 
 
 class Resample(nn.Module):
@@ -155,13 +170,13 @@ class UViTBlock(nn.Module):
         )
         self.upsample = Resample(ch, eps, affine, bias, up=True) if upsample else None
 
-    def forward(self, x, cond, context, context_mask):
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
         for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
-            x = res_block(x, cond)
+            x = res_block(x, text.cond)
             h, w = x.shape[-2:]
-            x = rearrange(attention_block(rearrange(x, "b c h w -> b (h w) c"), context, context_mask),
+            x = rearrange(attention_block(rearrange(x, "b c h w -> b (h w) c"), text),
                           "b (h w) c -> b c h w", h=h, w=w)
         if self.upsample is not None:
             x = self.upsample(x)
@@ -182,10 +197,10 @@ class TransformerLayer(nn.Module):
         self.norm3 = AdaptiveNorm(dim, dim, nn.LayerNorm(dim, eps, affine, bias=bias), bias)
         self.ff = FeedForward(dim, cfg.intermediate_size, cfg.hidden_dropout, bias)
 
-    def forward(self, x, cond, context, context_mask):
-        x = x + self.attn1(self.norm1(x, cond))
-        x = x + self.attn2(self.norm2(x, cond), context, context_mask)
-        return x + self.ff(self.norm3(x, cond))
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x, text.cond))
+        x = x + self.attn2(self.norm2(x, text.cond), context_mask=text.mask, key_value=text.keys_values[self.attn2])
+        return x + self.ff(self.norm3(x, text.cond))
 
 
 class TokenEmbedding(nn.Module):
@@ -261,6 +276,22 @@ class MaskedTokenUViT(MuseModel):
         micro = sinusoidal_embedding(micro_conds.flatten(), self.config.micro_cond_encode_dim).reshape(batch, -1)
         return self.cond_embed(torch.cat([pooled_text_emb, micro], dim=1).to(self.dtype))
 
+    def text_context(
+        self,
+        encoder_hidden_states: torch.Tensor,
+        pooled_text_emb: torch.Tensor,
+        micro_conds: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> TextContext:
+        """Everything the steps of one generation share; give it to :meth:`forward_with_text` at every step."""
+        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(self.dtype)))
+        cond = self.embed_conditions(pooled_text_emb, micro_conds).to(context.dtype)
+        keys_values = {layer.attn2: layer.attn2.key_value(context) for layer in self.transformer_layers}
+        for block in (self.down_block, self.up_block):
+            for attention_block in block.attention_blocks:
+                keys_values.update(attention_block.keys_values(context))
+        return TextContext(cond, context, encoder_attention_mask, keys_values)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -270,16 +301,17 @@ class MaskedTokenUViT(MuseModel):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, h, w]`` ids (mask token = vocab_size - 1) -> ``[B, codebook_size, h, w]`` logits."""
-        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(self.dtype)))
-        cond = self.embed_conditions(pooled_text_emb, micro_conds).to(context.dtype)
+        text = self.text_context(encoder_hidden_states, pooled_text_emb, micro_conds, encoder_attention_mask)
+        return self.forward_with_text(input_ids, text)
 
-        x = self.down_block(self.embed(input_ids), cond, context, encoder_attention_mask)
+    def forward_with_text(self, input_ids: torch.Tensor, text: TextContext) -> torch.Tensor:
+        x = self.down_block(self.embed(input_ids), text)
         h, w = x.shape[-2:]
         x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))
         for layer in self.transformer_layers:
-            x = layer(x, cond, context, encoder_attention_mask)
+            x = layer(x, text)
         x = self.project_from_hidden(self.project_from_hidden_norm(x))
-        x = self.up_block(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), cond, context, encoder_attention_mask)
+        x = self.up_block(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), text)
         return self.mlm_layer(x)
 
     @classmethod

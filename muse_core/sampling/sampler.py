@@ -86,18 +86,19 @@ class GuidedModel:
         self.model = model
         check_text_width(model, cond)
         text = cond if uncond is None else TextConditioning.cat([uncond, cond])
-        self.text = text.to(device=model.device, dtype=model.dtype)
+        text = text.to(device=model.device, dtype=model.dtype)
         repeats = 1 if uncond is None else 2
-        self.micro_conds = micro_conds.to(model.device, self.text.hidden_states.dtype).repeat(repeats, 1)
-        self.lowres_context = None if lowres_context is None else lowres_context.repeat(repeats, 1, 1)
+        micro_conds = micro_conds.to(model.device, text.hidden_states.dtype).repeat(repeats, 1)
+        extra = () if lowres_context is None else (lowres_context.repeat(repeats, 1, 1),)
+        with torch.no_grad():  # the text is the same at every step: project it and its keys/values once
+            self.text_context = model.text_context(*extra, text.hidden_states, text.pooled, micro_conds,
+                                                   text.attention_mask)
         self.guided = uncond is not None
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         model_ids = torch.cat([ids, ids]) if self.guided else ids
-        text = self.text
-        extra = () if self.lowres_context is None else (self.lowres_context,)
-        logits = self.model(model_ids, *extra, text.hidden_states, text.pooled, self.micro_conds, text.attention_mask)
+        logits = self.model.forward_with_text(model_ids, self.text_context)
         if not self.guided:
             return logits.float()
         uncond, cond = logits.float().chunk(2)
