@@ -329,6 +329,25 @@ def seeds_note(args, count: int) -> list[str]:
     return [f"seed {args.seed + k}" for k in range(count)]
 
 
+def start_image_job(args, suffix: str) -> tuple[str, list[Path], torch.Tensor, torch.Tensor | None]:
+    """What every command on an input image does first: the prompt, the output paths, the image and its alpha."""
+    prompt = require_prompt(args.prompt)
+    paths = plan_outputs(args.output or Path(f"{args.image.stem}_{suffix}.png"), args.num_images, args.overwrite)
+    image, alpha = read_image(args.image)
+    return prompt, paths, image, alpha
+
+
+def load_for_image(args, image: torch.Tensor) -> tuple[MusePipeline, torch.Tensor]:
+    """The model, and the input image fitted to its VQ factor (an error, or resized with --resize)."""
+    pipe = load_model_folder(model_folder(args.model), args)
+    return pipe, fit_to_factor(image, pipe.vq.downsample_factor, args.resize, str(args.image))
+
+
+def sample_and_save(args, paths: list[Path], label: str, steps_per_batch: int, sample) -> None:
+    images = sample_in_batches(args.num_images, args, label, steps_per_batch, sample)
+    save_images(images, paths, seeds_note(args, args.num_images), args.overwrite)
+
+
 # ---- muse generate ----
 
 
@@ -452,15 +471,11 @@ def add_inpaint(subparsers) -> None:
 
 
 def run_inpaint(args) -> None:
-    prompt = require_prompt(args.prompt)
-    paths = plan_outputs(args.output or Path(f"{args.image.stem}_inpaint.png"), args.num_images, args.overwrite)
-    image, alpha = read_image(args.image)
+    prompt, paths, image, alpha = start_image_job(args, "inpaint")
     mask = read_mask(args.mask) if args.mask else mask_from_alpha(args.image, alpha)
     check_mask(mask, str(args.mask or f"(transparent pixels of {args.image})"), image, args.image)
-    pipe = load_model_folder(model_folder(args.model), args)
-    factor = pipe.vq.downsample_factor
-    image = fit_to_factor(image, factor, args.resize, str(args.image))
-    mask = fit_to_factor(mask[None, None], factor, args.resize, "the mask")[0, 0]
+    pipe, image = load_for_image(args, image)
+    mask = fit_to_factor(mask[None, None], pipe.vq.downsample_factor, args.resize, "the mask")[0, 0]
     options = sampling_options(args, mask_schedule="linear")  # aMUSEd's inpainting schedule
 
     def sample(first, size, callback):
@@ -468,8 +483,7 @@ def run_inpaint(args) -> None:
                        negative_prompt=args.negative, options=dataclasses.replace(options, seed=args.seed + first),
                        callback=callback).images
 
-    images = sample_in_batches(args.num_images, args, "inpainting", args.steps, sample)
-    save_images(images, paths, seeds_note(args, args.num_images), args.overwrite)
+    sample_and_save(args, paths, "inpainting", args.steps, sample)
 
 
 def add_outpaint(subparsers) -> None:
@@ -489,15 +503,12 @@ def add_outpaint(subparsers) -> None:
 
 
 def run_outpaint(args) -> None:
-    prompt = require_prompt(args.prompt)
     margins = dict(left=args.left, right=args.right, top=args.top, bottom=args.bottom)
     if not any(margins.values()):
         raise UsageError("nothing to outpaint: give at least one of --left, --right, --top, --bottom (pixels).")
-    paths = plan_outputs(args.output or Path(f"{args.image.stem}_outpaint.png"), args.num_images, args.overwrite)
-    image, _ = read_image(args.image)
-    pipe = load_model_folder(model_folder(args.model), args)
+    prompt, paths, image, _ = start_image_job(args, "outpaint")
+    pipe, image = load_for_image(args, image)
     factor = pipe.vq.downsample_factor
-    image = fit_to_factor(image, factor, args.resize, str(args.image))
     grown = {side: -(-margin // factor) * factor for side, margin in margins.items()}  # rounded up, as outpaint does
     height, width = image.shape[-2:]
     check_size(width + grown["left"] + grown["right"], height + grown["top"] + grown["bottom"], factor,
@@ -509,8 +520,7 @@ def run_outpaint(args) -> None:
                         negative_prompt=args.negative, options=dataclasses.replace(options, seed=args.seed + first),
                         callback=callback).images
 
-    images = sample_in_batches(args.num_images, args, "outpainting", args.steps, sample)
-    save_images(images, paths, seeds_note(args, args.num_images), args.overwrite)
+    sample_and_save(args, paths, "outpainting", args.steps, sample)
 
 
 # ---- muse edit (mask-free editing) ----
@@ -540,16 +550,13 @@ def add_edit(subparsers) -> None:
 
 
 def run_edit(args) -> None:
-    prompt = require_prompt(args.prompt)
-    paths = plan_outputs(args.output or Path(f"{args.image.stem}_edit.png"), args.num_images, args.overwrite)
-    image, _ = read_image(args.image)
+    prompt, paths, image, _ = start_image_job(args, "edit")
     mask = None
     if args.mask:
         mask = read_mask(args.mask)
         check_mask(mask, str(args.mask), image, args.image)
-    pipe = load_model_folder(model_folder(args.model), args)
+    pipe, image = load_for_image(args, image)
     factor = pipe.vq.downsample_factor
-    image = fit_to_factor(image, factor, args.resize, str(args.image))
     token_mask = None
     if mask is not None:
         mask = fit_to_factor(mask[None, None], factor, args.resize, "the mask")[0]
@@ -591,11 +598,8 @@ def add_img2img(subparsers) -> None:
 
 
 def run_img2img(args) -> None:
-    prompt = require_prompt(args.prompt)
-    paths = plan_outputs(args.output or Path(f"{args.image.stem}_img2img.png"), args.num_images, args.overwrite)
-    image, _ = read_image(args.image)
-    pipe = load_model_folder(model_folder(args.model), args)
-    image = fit_to_factor(image, pipe.vq.downsample_factor, args.resize, str(args.image))
+    prompt, paths, image, _ = start_image_job(args, "img2img")
+    pipe, image = load_for_image(args, image)
     height, width = image.shape[-2:]
     ids = pipe.vq.encode(image)
     options = sampling_options(args)
@@ -606,8 +610,7 @@ def run_img2img(args) -> None:
                          options=dataclasses.replace(options, seed=args.seed + first), callback=callback)
         return pipe.vq.decode(result.to(pipe.vq.device))
 
-    images = sample_in_batches(args.num_images, args, "img2img", round(args.strength * args.steps), sample)
-    save_images(images, paths, seeds_note(args, args.num_images), args.overwrite)
+    sample_and_save(args, paths, "img2img", round(args.strength * args.steps), sample)
 
 
 # ---- evaluation and training ----

@@ -148,3 +148,20 @@ def test_real_config_parity(tmp_path, cfg):
     diff = relative_max_diff(ours_logits, ref_logits)
     print(f"{cfg['sample_size']}: max abs diff {(ours_logits - ref_logits).abs().max().item():.3g}, relative {diff:.3g}")
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("resample", [False, True], ids=["amused256-like", "amused512-like"])
+def test_text_context_computed_once_gives_the_same_logits(resample):
+    """A generation projects the text once (text_context) and reuses it at every step: bitwise the same."""
+    cfg = {**TINY_UVIT, "downsample": resample, "upsample": resample}
+    model = MaskedTokenUViT(UViTConfig(**cfg))
+    randomize_(model)
+    ids, hidden, pooled, micro = uvit_inputs(cfg)
+    mask = torch.ones(hidden.shape[:2], dtype=torch.bool)
+    mask[0, -2:] = False
+    with torch.no_grad():
+        text = model.text_context(hidden, pooled, micro, mask)
+        for step_ids in (ids, ids.flip(1), torch.full_like(ids, cfg["vocab_size"] - 1)):
+            assert torch.equal(model.forward_with_text(step_ids, text), model(step_ids, hidden, pooled, micro, mask))
+    attention_modules = sum(1 for layer in model.transformer_layers) + 2 * 2 * cfg["num_res_blocks"]
+    assert len(text.keys_values) == attention_modules  # every cross-attention reads its keys/values from the context
