@@ -145,7 +145,7 @@ class _TextEncoderLoader:
     RETURN_TYPES = (TEXT_ENCODER,)
     RETURN_NAMES = ("text_encoder",)
     OUTPUT_TOOLTIPS = ("The text encoder, for Muse Text Encode.",)
-    loader = staticmethod(load_t5_encoder)
+    loader: staticmethod  # load_t5_encoder or load_clip_encoder
     comfy_tokenizer: str
     label: str
     embedded: list[str]

@@ -27,9 +27,9 @@ ATTENTION = (ATTENTION_BACKENDS, {"default": "auto", "tooltip": (
     "formula (slow, for checking).")})
 
 
-def seed(tooltip_extra: str = "") -> tuple:
+def seed() -> tuple:
     return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                    "tooltip": "Random seed; image k of a batch uses seed + k, so it can be made again alone." + tooltip_extra})
+                    "tooltip": "Random seed; image k of a batch uses seed + k, so it can be made again alone."})
 
 
 def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str = "cosine") -> dict:
