@@ -87,11 +87,10 @@ class UViTConfig(ModelConfig):
 @dataclasses.dataclass
 class TextContext:
     """What the text and micro-conditions give every decoding step, computed once per generation
-    (:meth:`MaskedTokenUViT.text_context`): the conditioning vector, the projected text, its mask, and
-    the keys and values of every cross-attention (the text does not change between steps)."""
+    (:meth:`MaskedTokenUViT.text_context`): the conditioning vector, the text's mask, and the keys and
+    values of every cross-attention (the text does not change between steps)."""
 
     cond: torch.Tensor  # [B, hidden_size]
-    context: torch.Tensor  # [B, L, hidden_size]
     mask: torch.Tensor | None  # [B, L] bool, True = attend
     keys_values: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]  # cross-attention module -> (k, v)
 
@@ -290,7 +289,7 @@ class MaskedTokenUViT(MuseModel):
         for block in (self.down_block, self.up_block):
             for attention_block in block.attention_blocks:
                 keys_values.update(attention_block.keys_values(context))
-        return TextContext(cond, context, encoder_attention_mask, keys_values)
+        return TextContext(cond, encoder_attention_mask, keys_values)
 
     def forward(
         self,
