@@ -10,8 +10,8 @@ from PIL import Image
 
 from muse_core.data.shapes import (
     CATEGORIES, EVAL_COUNT, GAP, MARGIN, NUMBER_WORDS, RELATION_DRIFT, RELATION_SEPARATION, RELATION_WORDS, Scene,
-    eval_scenes, held_out_captions, negative_scenes, render, sample_scene, training_scenes,
-    write_dataset,
+    NEUTRAL_BACKGROUNDS, SHAPE_COLOURS, eval_scenes, held_out_captions, negative_scenes, render, sample_scene,
+    training_scenes, with_article, write_dataset,
 )
 
 
@@ -64,6 +64,16 @@ def test_training_data_never_uses_an_eval_caption():
         assert scene.caption not in held_out and not held_out.intersection(negatives)
 
 
+def test_backgrounds_include_shape_colours_no_object_has():
+    scenes = eval_scenes() + [s for s, _ in training_scenes(2000, seed=1)]
+    for scene in scenes:
+        assert scene.background not in {shape.colour for shape in scene.shapes}
+    backgrounds = Counter(scene.background for scene in scenes)
+    assert set(backgrounds) == set(NEUTRAL_BACKGROUNDS) | set(SHAPE_COLOURS)
+    red_on_blue = [s for s in scenes if s.background == "blue" and s.shapes[0].colour == "red" and s.background_mentioned]
+    assert red_on_blue and all("on a blue background" in s.caption for s in red_on_blue)
+
+
 def test_captions_name_every_object():
     for scene in eval_scenes() + [s for s, _ in training_scenes(400, seed=5)]:
         caption = scene.caption
@@ -75,7 +85,7 @@ def test_captions_name_every_object():
             assert len(scene.shapes) == {"single": 1, "pair": 2, "position": 2}[scene.category]
         if scene.relation is not None:
             assert any(f" {words} " in caption for words in RELATION_WORDS[scene.relation]), caption
-        assert (f"on a {scene.background} background" in caption) == scene.background_mentioned
+        assert (f"on {with_article(scene.background)} background" in caption) == scene.background_mentioned
         assert ("small" in caption and "large" in caption) == scene.sizes_mentioned
 
 

@@ -13,7 +13,7 @@ from muse_core.loading import load_model
 from muse_core.models.vq import VQTokenizer
 from muse_core.text.loading import load_tokenizer
 from muse_core.training.tokenizer import build_word_tokenizer, save_tokenizer
-from muse_core.training.vq import VQObjective, small_vq_config
+from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, small_vq_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -185,6 +185,17 @@ def test_dead_codes_are_restarted_on_encoder_outputs():
     codebook = objective.vq.quantize.embedding.weight.detach()
     assert distance_to_nearest(codebook[dead], encoder_outputs(objective, images)).max() < 1e-6
     assert (objective.code_usage[dead] > 0).all()
+
+
+def test_restarts_seed_codes_where_the_codebook_is_poor():
+    # 1000 outputs of one flat colour and 10 rare ones: uniform picks would put most codes on the flat
+    # colour; k-means++ seeding gives each distinct output one code.
+    rare = torch.randn(10, 8) * 5
+    z = torch.cat([torch.zeros(1000, 8), rare])
+    codebook = torch.full((16, 8), 100.0)
+    dead = torch.arange(5, 16)  # 11 dead codes for 11 distinct outputs; codes 0-4 sit far away
+    seeds = kmeans_plus_plus_seeds(z, codebook, dead)
+    assert distance_to_nearest(torch.cat([torch.zeros(1, 8), rare]), seeds).max() < 1e-6
 
 
 def _restart_on_two_ranks(rank: int, init_file: str, results: dict) -> None:

@@ -1,6 +1,7 @@
 """A procedural image domain whose outputs a program can check (GenEval-like): flat-coloured shapes.
 
-A :class:`Scene` holds 1-4 shapes (circle, square, triangle) in 6 colours on one of 5 backgrounds,
+A :class:`Scene` holds 1-4 shapes (circle, square, triangle) in 6 colours on a background that is
+one of 5 neutral colours or a shape colour no shape of the scene has ("red circles on a blue background"),
 in normalised [0, 1] coordinates (y points down), with a caption that names every object, so a
 colour-segmentation checker (``muse_core.eval.checker``) can demand an exact match. Categories:
 
@@ -35,15 +36,16 @@ SHAPE_COLOURS = {
     "purple": (150, 40, 200),
     "orange": (245, 125, 15),
 }
-# Backgrounds are never shape colours, so the background of an image is never confused with an object.
-BACKGROUNDS = {
+# Neutral backgrounds; a scene may also stand on any shape colour that none of its shapes has, so the
+# background of an image is never confused with one of its objects.
+NEUTRAL_BACKGROUNDS = {
     "white": (255, 255, 255),
     "black": (0, 0, 0),
     "gray": (128, 128, 128),
     "beige": (240, 215, 160),
     "navy": (20, 30, 100),
 }
-PALETTE = {**SHAPE_COLOURS, **BACKGROUNDS}
+PALETTE = {**SHAPE_COLOURS, **NEUTRAL_BACKGROUNDS}
 KINDS = ("circle", "square", "triangle")
 CATEGORIES = ("single", "pair", "counting", "position")
 RELATIONS = ("left of", "right of", "above", "below")
@@ -203,12 +205,17 @@ def two_different_objects(rng: random.Random) -> tuple[tuple[str, str], tuple[st
     return first, second
 
 
+def possible_backgrounds(shapes: list[Shape]) -> list[str]:
+    """The neutral colours and every shape colour that none of ``shapes`` has."""
+    used = {shape.colour for shape in shapes}
+    return [*NEUTRAL_BACKGROUNDS, *(colour for colour in SHAPE_COLOURS if colour not in used)]
+
+
 def sample_scene(rng: random.Random, category: str | None = None) -> Scene:
     """A random scene of ``category`` (random category if None), with its caption."""
     category = category or rng.choice(CATEGORIES)
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}.")
-    background = rng.choice(list(BACKGROUNDS))
     mentioned = rng.random() < BACKGROUND_MENTION_RATE
     relation, sizes_mentioned = None, False
     if category == "single":
@@ -236,6 +243,7 @@ def sample_scene(rng: random.Random, category: str | None = None) -> Scene:
             place(rng, shapes)
     for shape in shapes:  # short JSON, same render
         shape.cx, shape.cy, shape.size = round(shape.cx, 4), round(shape.cy, 4), round(shape.size, 4)
+    background = rng.choice(possible_backgrounds(shapes))
     template = rng.randrange(len(TEMPLATES[category]))
     scene = Scene(background, mentioned, shapes, category, relation, sizes_mentioned, template)
     scene.caption = describe(scene)
@@ -264,7 +272,7 @@ def negative_scenes(scene: Scene, rng: random.Random, count: int = NEGATIVES_PER
         "colour": [changed(group, colour=colour) for group in object_groups for colour in SHAPE_COLOURS],
         "shape": [changed(group, kind=kind) for group in object_groups for kind in KINDS],
         "background": [scene.replace(background=background, background_mentioned=True)
-                       for background in BACKGROUNDS if background != scene.background],
+                       for background in possible_backgrounds(scene.shapes) if background != scene.background],
     }
     if counting:
         kinds["count"] = [scene.replace(shapes=[scene.shapes[0]] * n) for n in NUMBER_WORDS if n != len(scene.shapes)]
@@ -354,7 +362,7 @@ def inside(kind: str, x: np.ndarray, y: np.ndarray, shape: Shape) -> np.ndarray:
 def render(scene: Scene, size: int) -> np.ndarray:
     """The scene as a uint8 [size, size, 3] image, antialiased by supersampling (deterministic)."""
     image = np.empty((size, size, 3), dtype=np.float64)
-    image[:] = BACKGROUNDS[scene.background]
+    image[:] = PALETTE[scene.background]
     samples = SUPERSAMPLING
     for shape in scene.shapes:
         x0, y0, x1, y1 = shape.box()

@@ -67,9 +67,9 @@ class CascadePreset:
 PRESETS = {
     # The embedded default model (muse_core/default_model): 64 px base -> 128 px super-res.
     "shipped": CascadePreset(
-        base_size=64, dataset_size=20_000, codebook_size=512, vq_channels=32, text_width=192, text_layers=2,
+        base_size=64, dataset_size=20_000, codebook_size=256, vq_channels=32, text_width=192, text_layers=2,
         width=192, layers=4, sr_layers=2, lowres_width=128, lowres_layers=1, clip_width=128, clip_layers=2,
-        vq=TrainConfig(steps=1200, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
+        vq=TrainConfig(steps=2400, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
         sr_vq=TrainConfig(steps=800, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=200),
         transformer=TrainConfig(steps=2400, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=100),
         super_res=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=100),

@@ -9,8 +9,12 @@ Loss = L1 + MSE reconstruction + ||sg(z) - e||^2 (moves the codes) + commitment 
 
 Codes that the encoder stops choosing get no gradient and never come back. Their usage is tracked
 (an EMA of how often each code is picked); every ``restart_every`` steps the codes used less than
-``dead_usage`` times their fair share are moved onto random encoder outputs of the current batch.
-Usage starts at zero, so the first step initialises the whole codebook from the data.
+``dead_usage`` times their fair share are moved onto encoder outputs of the current batch, picked one
+after the other as k-means++ seeds: with probability proportional to the squared distance to the
+nearest live code. Uniform picks would land mostly on flat background (most of every image), split
+one background colour over hundreds of near-identical codes and leave the transformer to guess
+between them; distance-weighted picks go where the codebook is poor (edges, rare colours).
+Usage starts at zero, so the first step seeds the whole codebook from the data that way.
 """
 
 from __future__ import annotations
@@ -145,8 +149,7 @@ class VQObjective(nn.Module):
         dead = (self.code_usage < self._dead_below).nonzero().squeeze(1)
         if len(dead) == 0:
             return
-        picks = torch.randint(len(z), (len(dead),), device=z.device)  # with replacement: N may be < #dead
-        replacement = z[picks]
+        replacement = kmeans_plus_plus_seeds(z, self.vq.quantize.embedding.weight.float(), dead)
         if dist.is_initialized():
             dist.broadcast(replacement, src=0)
         weight = self.vq.quantize.embedding.weight
@@ -157,3 +160,23 @@ class VQObjective(nn.Module):
     def export(self, folder: Path, name: str = "vqvae", dtype: torch.dtype = torch.float16) -> Path:
         """Write ``folder/<name>.safetensors`` (loadable with ``load_model(VQTokenizer, path)``)."""
         return save_model(self.vq, Path(folder) / f"{name}.safetensors", dtype)
+
+
+def kmeans_plus_plus_seeds(z: torch.Tensor, codebook: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """k-means++ seeding of the ``dead`` codes from encoder outputs ``z`` [N, D]: each pick is drawn with
+    probability proportional to its squared distance to the nearest live or already seeded code."""
+    alive = torch.ones(len(codebook), dtype=torch.bool, device=z.device)
+    alive[dead] = False
+    if alive.any():
+        nearest = torch.cdist(z, codebook[alive]).min(dim=1).values.square()
+    else:
+        nearest = torch.full((len(z),), float("inf"), device=z.device)
+    seeds = []
+    for _ in range(len(dead)):
+        weights = nearest if torch.isfinite(nearest).all() else torch.isinf(nearest).float()
+        if weights.sum() <= 0:  # every output already sits on a code: any pick will do
+            weights = torch.ones_like(nearest)
+        seed = z[torch.multinomial(weights, 1)].squeeze(0)
+        seeds.append(seed)
+        nearest = torch.minimum(nearest, (z - seed).square().sum(dim=1))
+    return torch.stack(seeds)
