@@ -133,14 +133,14 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=12, help="decoding steps (default: 12)")
-    group.add_argument("--guidance", type=bounded_float(0.0), default=10.0,
-                       help="classifier-free guidance scale; <= 1 turns guidance off (default: 10)")
-    group.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default="constant",
-                       help="linear: rise from 1 to --guidance over the steps, as Muse (default: constant)")
-    group.add_argument("--temperature", type=temperature, default=(2.0, 0.0), metavar="T|START,END",
-                       help="randomness of which tokens are kept, annealed over the steps (default: 2,0)")
+    group = parser.add_argument_group("sampling (defaults: the model folder's sampling.json, else aMUSEd's)")
+    group.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=None, help="decoding steps (aMUSEd: 12)")
+    group.add_argument("--guidance", type=bounded_float(0.0), default=None,
+                       help="classifier-free guidance scale; <= 1 turns guidance off (aMUSEd: 10; built-in model: 3)")
+    group.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
+                       help="linear: rise from 1 to --guidance over the steps, as Muse (aMUSEd: constant)")
+    group.add_argument("--temperature", type=temperature, default=None, metavar="T|START,END",
+                       help="randomness of which tokens are kept, annealed over the steps (aMUSEd: 2,0)")
 
 
 def add_input_image_options(parser: argparse.ArgumentParser) -> None:
@@ -149,9 +149,10 @@ def add_input_image_options(parser: argparse.ArgumentParser) -> None:
                         help="resize inputs to the nearest multiple of the VQ factor instead of refusing them")
 
 
-def sampling_options(args, **overrides) -> SamplingOptions:
-    return SamplingOptions(steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                           temperature=args.temperature, seed=args.seed, **overrides)
+def sampling_options(args, pipe: MusePipeline, **overrides) -> SamplingOptions:
+    """The command line's settings; the model's recommended ones (then aMUSEd's) where a flag is not given."""
+    return pipe.sampling_options(steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
+                                 temperature=args.temperature, seed=args.seed, **overrides)
 
 
 # ---- checks made before any model is loaded ----
@@ -406,14 +407,14 @@ def run_generate(args) -> None:
         sr_factor = (pipe.super_res_vq or pipe.vq).downsample_factor
         sr_token = super_res_scale(pipe) * sr_factor  # pixels per base token after super-resolution
         check_size(width // factor * sr_token, height // factor * sr_token, sr_factor, "the super-resolved size")
-    options = sampling_options(args)
+    options = sampling_options(args, pipe)
 
     def sample(first, size, callback):
         return generate(pipe.transformer, pipe.text_encoder, prompt, height=height, width=width,
                         downsample_factor=factor, negative_prompt=args.negative, num_images_per_prompt=size,
                         options=dataclasses.replace(options, seed=args.seed + first), callback=callback)
 
-    ids = sample_in_batches(args.num_images * candidates, args, "generating", args.steps, sample)
+    ids = sample_in_batches(args.num_images * candidates, args, "generating", options.steps, sample)
     images = decode_in_batches(pipe.vq, ids, args.batch_size)
     chosen = list(range(args.num_images))
     notes = seeds_note(args, args.num_images)
@@ -444,7 +445,7 @@ def super_resolve_each(pipe: MusePipeline, ids: torch.Tensor, seeds: list[int], 
     images = []
     with tqdm(total=args.sr_steps * len(ids), desc="super-resolving", unit="step", disable=args.quiet) as bar:
         for lowres, seed in zip(ids, seeds):
-            options = dataclasses.replace(sampling_options(args), steps=args.sr_steps, seed=seed)
+            options = dataclasses.replace(sampling_options(args, pipe), steps=args.sr_steps, seed=seed)
             high = super_resolve(pipe.super_res, pipe.text_encoder, lowres[None], prompt, scale=scale,
                                  downsample_factor=vq.downsample_factor, negative_prompt=args.negative,
                                  options=options, callback=lambda step, total, ids: bar.update())
@@ -476,14 +477,14 @@ def run_inpaint(args) -> None:
     check_mask(mask, str(args.mask or f"(transparent pixels of {args.image})"), image, args.image)
     pipe, image = load_for_image(args, image)
     mask = fit_to_factor(mask[None, None], pipe.vq.downsample_factor, args.resize, "the mask")[0, 0]
-    options = sampling_options(args, mask_schedule="linear")  # aMUSEd's inpainting schedule
+    options = sampling_options(args, pipe, mask_schedule="linear")  # aMUSEd's inpainting schedule
 
     def sample(first, size, callback):
         return inpaint(pipe.transformer, pipe.vq, pipe.text_encoder, repeat(image, size), mask, prompt,
                        negative_prompt=args.negative, options=dataclasses.replace(options, seed=args.seed + first),
                        callback=callback).images
 
-    sample_and_save(args, paths, "inpainting", args.steps, sample)
+    sample_and_save(args, paths, "inpainting", options.steps, sample)
 
 
 def add_outpaint(subparsers) -> None:
@@ -513,14 +514,14 @@ def run_outpaint(args) -> None:
     height, width = image.shape[-2:]
     check_size(width + grown["left"] + grown["right"], height + grown["top"] + grown["bottom"], factor,
                "the outpainted canvas")
-    options = sampling_options(args, mask_schedule="linear")  # aMUSEd's inpainting schedule
+    options = sampling_options(args, pipe, mask_schedule="linear")  # aMUSEd's inpainting schedule
 
     def sample(first, size, callback):
         return outpaint(pipe.transformer, pipe.vq, pipe.text_encoder, repeat(image, size), prompt, **margins,
                         negative_prompt=args.negative, options=dataclasses.replace(options, seed=args.seed + first),
                         callback=callback).images
 
-    sample_and_save(args, paths, "outpainting", args.steps, sample)
+    sample_and_save(args, paths, "outpainting", options.steps, sample)
 
 
 # ---- muse edit (mask-free editing) ----
@@ -602,7 +603,7 @@ def run_img2img(args) -> None:
     pipe, image = load_for_image(args, image)
     height, width = image.shape[-2:]
     ids = pipe.vq.encode(image)
-    options = sampling_options(args)
+    options = sampling_options(args, pipe)
 
     def sample(first, size, callback):
         result = img2img(pipe.transformer, pipe.text_encoder, repeat(ids, size), prompt, strength=args.strength,
@@ -610,7 +611,7 @@ def run_img2img(args) -> None:
                          options=dataclasses.replace(options, seed=args.seed + first), callback=callback)
         return pipe.vq.decode(result.to(pipe.vq.device))
 
-    sample_and_save(args, paths, "img2img", round(args.strength * args.steps), sample)
+    sample_and_save(args, paths, "img2img", round(args.strength * options.steps), sample)
 
 
 # ---- evaluation and training ----
@@ -632,7 +633,7 @@ def add_eval(subparsers) -> None:
     parser.add_argument("--edit-iterations", type=bounded_int(1, MAX_STEPS), default=100,
                         help="mask-free editing iterations (default: 100)")
     parser.add_argument("--guidance", type=bounded_float(0.0), default=None, metavar="G",
-                        help="guidance scale of the guided rows (default: the sampler's, 10)")
+                        help="guidance scale of the guided rows (default: the model's sampling.json, else 10)")
     parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     parser.add_argument("--batch-size", type=bounded_int(1, 256), default=16, metavar="N")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")

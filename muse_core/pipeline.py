@@ -8,6 +8,9 @@ Folder layout (diffusers' aMUSEd layout, plus the Muse super-resolution stage)::
     tokenizer/          the text encoder's tokenizer files
     super_res/          optional: Muse super-resolution transformer
     super_res_vqvae/    optional: VQ tokenizer of the super-res grid (default: vqvae/)
+    sampling.json       optional: the sampling settings the model is meant to be used with (fields of
+                        ``SamplingOptions``, e.g. {"guidance_scale": 3.0, "temperature": [0.5, 0.0]});
+                        without it, aMUSEd's defaults
 
 Any component folder may also be a single self-describing ``.safetensors`` file saved by
 ``muse_core.loading.save_model`` (e.g. ``transformer.safetensors`` instead of ``transformer/``).
@@ -26,6 +29,9 @@ from .loading.files import tensor_names
 from .models.super_res import SuperResTransformer
 from .models.uvit import MaskedTokenUViT
 from .models.vq import VQTokenizer
+from .sampling.sampler import SamplingOptions
+
+SAMPLING_FILE = "sampling.json"
 
 # The small cascade the project trains and ships (muse_core/training/cascade.py), so the pack works offline.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -38,6 +44,12 @@ class MusePipeline:
     text_encoder: "TextEncoder"  # noqa: F821  (muse_core.text, imported lazily: transformers is heavy)
     super_res: SuperResTransformer | None = None
     super_res_vq: VQTokenizer | None = None
+    sampling: dict = dataclasses.field(default_factory=dict)  # the folder's sampling.json
+
+    def sampling_options(self, **values) -> SamplingOptions:
+        """``SamplingOptions`` from ``values``, the model's recommended settings where a value is None or
+        missing, and aMUSEd's defaults for the rest."""
+        return SamplingOptions(**(self.sampling | {k: v for k, v in values.items() if v is not None}))
 
     def __post_init__(self):
         check_compatible(self.transformer, self.vq, "transformer", "vqvae")
@@ -121,4 +133,24 @@ def load_pipeline(
         super_res = load_model(SuperResTransformer, path, dtype=dtype, attention=attention, **common)
         if (vq_path := _component(folder, "super_res_vqvae")) is not None:
             super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
-    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq)
+    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, read_sampling_defaults(folder))
+
+
+def read_sampling_defaults(folder: Path) -> dict:
+    """The folder's ``sampling.json`` as SamplingOptions fields (checked); {} when there is none."""
+    path = folder / SAMPLING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError("it must hold a JSON object")
+        fields = {field.name for field in dataclasses.fields(SamplingOptions)} - {"seed"}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; allowed: {sorted(fields)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        SamplingOptions(**values)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: {error}. Fix or delete the file (it only sets sampling defaults).") from None
+    return values

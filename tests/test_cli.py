@@ -72,6 +72,19 @@ def test_generate_size_precision_and_progress_bar(model, tmp_path, capsys):
     assert "generating" in captured.err and "2/2" in captured.err  # the tqdm bar
 
 
+def test_model_folder_sampling_json_gives_the_defaults(model, tmp_path, capsys):
+    explicit = tmp_path / "explicit.png"
+    flags = ["--steps", 3, "--guidance", 2, "--temperature", "1,0"]
+    assert run(["generate", "a cat", "--model", model, *flags, "-o", explicit], capsys)[0] == 0
+    (model / "sampling.json").write_text('{"steps": 3, "guidance_scale": 2.0, "temperature": [1.0, 0.0]}')
+    from_file = tmp_path / "from_file.png"
+    code, captured = run(["generate", "a cat", "--model", model, "-o", from_file], capsys)
+    assert code == 0 and "3/3" in captured.err
+    assert np.array_equal(pixels(explicit), pixels(from_file))
+    code, captured = run(["generate", "a cat", "--model", model, "--steps", 2, "-o", tmp_path / "two.png"], capsys)
+    assert code == 0 and "2/2" in captured.err  # a flag wins over the file
+
+
 def test_generate_with_reranking_and_super_resolution(cascade, tmp_path, capsys):
     out = tmp_path / "best.png"
     args = ["generate", "a cat", "--model", cascade, *FAST, "--sr", "--sr-steps", 2, "--rerank", 2, "-n", 2, "-o", out]

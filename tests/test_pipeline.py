@@ -69,3 +69,26 @@ def test_missing_component_is_named(amused_folder):
     shutil.rmtree(folder / "vqvae")
     with pytest.raises(CheckpointError, match="no vqvae/ folder or vqvae.safetensors"):
         load_pipeline(folder)
+
+
+def test_sampling_json_sets_the_models_recommended_settings(amused_folder):
+    folder, *_ = amused_folder
+    assert load_pipeline(folder).sampling_options().guidance_scale == 10.0  # no file: aMUSEd's defaults
+    (folder / "sampling.json").write_text('{"guidance_scale": 3.0, "temperature": [0.5, 0.0]}')
+    pipe = load_pipeline(folder)
+    options = pipe.sampling_options(steps=4, guidance_scale=None)
+    assert (options.steps, options.guidance_scale, options.temperature) == (4, 3.0, (0.5, 0.0))
+    assert pipe.sampling_options(guidance_scale=1.0).guidance_scale == 1.0  # a given value wins
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"guidance": 3}', r"unknown settings \['guidance'\]"),
+    ('{"steps": 0}', "steps must be an integer"),
+    ("[3]", "JSON object"),
+    ("{oops", "Expecting property name"),
+])
+def test_bad_sampling_json_is_named(amused_folder, content, message):
+    folder, *_ = amused_folder
+    (folder / "sampling.json").write_text(content)
+    with pytest.raises(CheckpointError, match=rf"sampling\.json: .*{message}.*Fix or delete"):
+        load_pipeline(folder)

@@ -159,8 +159,7 @@ class Evaluator:
 
     def options(self, setting: Setting, first_seed: int, **overrides) -> SamplingOptions:
         guidance = self.guidance_scale if setting.guided else 1.0
-        values = dict(steps=setting.steps, guidance_scale=guidance, seed=first_seed) | overrides
-        return SamplingOptions(**values)
+        return self.pipe.sampling_options(**(dict(steps=setting.steps, guidance_scale=guidance, seed=first_seed) | overrides))
 
     def batches(self, setting: Setting, scenes: list[Scene]):
         """Yields (positions, scenes) batches of at most batch_size images, with a progress bar."""
@@ -270,7 +269,7 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
 
     scenes: default ``eval_scenes()``; limit: the first N per category (quick runs); settings: keys of
     ``SETTINGS`` (default all); size: base image side (default: the transformer's native size);
-    guidance_scale: default SamplingOptions'; scorer: a ClipScorer for the best_of row (skipped if None);
+    guidance_scale: default the model's (``pipe.sampling_options()``); scorer: a ClipScorer for the best_of row (skipped if None);
     best_of: samples per prompt in that row; edit_iterations: of mask-free editing (Muse: 100).
     """
     settings = list(SETTINGS) if settings is None else list(settings)
@@ -281,7 +280,7 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     scenes = select(eval_scenes() if scenes is None else scenes, limit)
     size = size or pipe.transformer.config.sample_size * pipe.vq.downsample_factor
-    guidance_scale = SamplingOptions().guidance_scale if guidance_scale is None else guidance_scale
+    guidance_scale = pipe.sampling_options(guidance_scale=guidance_scale).guidance_scale
     evaluator = Evaluator(pipe, scorer, size, seed, guidance_scale, batch_size, edit_iterations, progress)
     # steps12 first (in table order otherwise), so super_res reuses its base images
     order = sorted(settings, key=lambda key: key != "steps12")

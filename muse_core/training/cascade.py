@@ -9,6 +9,8 @@ its checkpoint in ``work_dir/<stage>/``):
 4. ``super_res``: super-res transformer on (low-res ids, high-res ids), text encoder frozen;
 5. ``reranker``: a small CLIP model, contrastive with hard negatives.
 
+With the transformer, the preset's recommended sampling settings go to ``sampling.json``.
+
 The data is any caption folder (see ``training.data``); by default the procedural shapes dataset is
 generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model.
 """
@@ -27,6 +29,7 @@ from ..loading import load_model
 from ..models.super_res import SuperResConfig, SuperResTransformer
 from ..models.uvit import MaskedTokenUViT, UViTConfig
 from ..models.vq import VQTokenizer
+from ..pipeline import SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
 from .data import CaptionFolder, RandomCrops, TokenDataset, collate, encode_images
 from .loop import TrainConfig, setup_distributed, train
@@ -58,6 +61,7 @@ class CascadePreset:
     transformer: TrainConfig
     super_res: TrainConfig
     reranker: TrainConfig
+    sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
 
     @property
     def sr_size(self) -> int:
@@ -74,6 +78,7 @@ PRESETS = {
         transformer=TrainConfig(steps=2400, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=100),
         super_res=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=100),
         reranker=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=100),
+        sampling={"guidance_scale": 3.0, "temperature": [0.5, 0.0]},
     ),
     # Seconds on a CPU: for tests and for checking a data folder before a long run.
     "tiny": CascadePreset(
@@ -143,6 +148,8 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers))
         objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True)
         _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
+        if world.is_main and preset.sampling:
+            (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")
     if not done("super_res"):
         lowres = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
         highres = _token_cache(work_dir, out_dir, data_dir, preset, world, "super_res_vqvae", preset.sr_size, progress)
