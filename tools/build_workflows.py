@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.comfy_harness import CoreNodes, extra_widget_values, is_widget, load_pack, ui_to_api  # noqa: E402
 
-PROMPT = "two red circles on a white background"  # the embedded model knows 5 backgrounds, not blue
-EMBEDDED_SAMPLING = {"guidance": 3.0, "temperature_start": 0.5}  # the small embedded model overshoots at 10
+PROMPT = "two red circles on a blue background"
+EMBEDDED_SAMPLING = {"guidance": 3.0, "temperature_start": 1.0}  # as its sampling.json; it overshoots at 10
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
