@@ -159,7 +159,8 @@ class Evaluator:
 
     def options(self, setting: Setting, first_seed: int, **overrides) -> SamplingOptions:
         guidance = self.guidance_scale if setting.guided else 1.0
-        return self.pipe.sampling_options(**(dict(steps=setting.steps, guidance_scale=guidance, seed=first_seed) | overrides))
+        values = dict(steps=setting.steps, guidance_scale=guidance, seed=first_seed) | overrides
+        return self.pipe.sampling_options(**values)
 
     def batches(self, setting: Setting, scenes: list[Scene]):
         """Yields (positions, scenes) batches of at most batch_size images, with a progress bar."""
@@ -269,8 +270,9 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
 
     scenes: default ``eval_scenes()``; limit: the first N per category (quick runs); settings: keys of
     ``SETTINGS`` (default all); size: base image side (default: the transformer's native size);
-    guidance_scale: default the model's (``pipe.sampling_options()``); scorer: a ClipScorer for the best_of row (skipped if None);
-    best_of: samples per prompt in that row; edit_iterations: of mask-free editing (Muse: 100).
+    guidance_scale: default the model's (``pipe.sampling_options()``); scorer: a ClipScorer for the best_of
+    row (skipped if None); best_of: samples per prompt in that row; edit_iterations: of mask-free editing
+    (Muse: 100).
     """
     settings = list(SETTINGS) if settings is None else list(settings)
     unknown = [key for key in settings if key not in SETTINGS]

@@ -167,16 +167,13 @@ def kmeans_plus_plus_seeds(z: torch.Tensor, codebook: torch.Tensor, dead: torch.
     probability proportional to its squared distance to the nearest live or already seeded code."""
     alive = torch.ones(len(codebook), dtype=torch.bool, device=z.device)
     alive[dead] = False
-    if alive.any():
-        nearest = torch.cdist(z, codebook[alive]).min(dim=1).values.square()
-    else:
-        nearest = torch.full((len(z),), float("inf"), device=z.device)
+    nearest = torch.cdist(z, codebook[alive]).min(dim=1).values.square() if alive.any() else None
     seeds = []
     for _ in range(len(dead)):
-        weights = nearest if torch.isfinite(nearest).all() else torch.isinf(nearest).float()
-        if weights.sum() <= 0:  # every output already sits on a code: any pick will do
-            weights = torch.ones_like(nearest)
-        seed = z[torch.multinomial(weights, 1)].squeeze(0)
+        # Uniform while nothing is placed yet, or when every output already sits on a code.
+        uniform = nearest is None or nearest.sum() <= 0
+        seed = z[torch.multinomial(torch.ones(len(z), device=z.device) if uniform else nearest, 1)].squeeze(0)
         seeds.append(seed)
-        nearest = torch.minimum(nearest, (z - seed).square().sum(dim=1))
+        distance = (z - seed).square().sum(dim=1)
+        nearest = distance if nearest is None else torch.minimum(nearest, distance)
     return torch.stack(seeds)
