@@ -3,7 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 from muse_core.loading import load_model, save_model
-from muse_core.models.super_res import SuperResConfig, SuperResTransformer, grid_positions
+from muse_core.models.layers import grid_positions
+from muse_core.models.super_res import SuperResConfig, SuperResTransformer
 from muse_core.models.uvit import UViTConfig
 
 from .conftest import AMUSED_LIKE_UVIT, TINY_UVIT
@@ -58,6 +59,15 @@ def test_positions_distinguish_grid_cells():
     pos = grid_positions(4, 6, 32)
     assert pos.shape == (24, 32)
     assert torch.cdist(pos, pos).add(torch.eye(24)).min() > 0.1
+
+
+@pytest.mark.parametrize("low", [4, 8, 16])
+def test_positions_of_a_finer_grid_are_nearest_the_coarse_cell_under_them(low):
+    """What lets a super-res token find its low-res token: both grids measure positions on the same image."""
+    high = 2 * low
+    nearest = torch.cdist(grid_positions(high, high, 128), grid_positions(low, low, 128)).argmin(dim=1)
+    rows, cols = torch.meshgrid(torch.arange(high), torch.arange(high), indexing="ij")
+    assert torch.equal(nearest, ((rows // 2) * low + cols // 2).flatten())
 
 
 def test_save_load_and_config_inference(tmp_path):

@@ -165,3 +165,25 @@ def test_text_context_computed_once_gives_the_same_logits(resample):
             assert torch.equal(model.forward_with_text(step_ids, text), model(step_ids, hidden, pooled, micro, mask))
     attention_modules = sum(1 for layer in model.transformer_layers) + 2 * 2 * cfg["num_res_blocks"]
     assert len(text.keys_values) == attention_modules  # every cross-attention reads its keys/values from the context
+
+
+@pytest.mark.parametrize("positions", [None, "sincos"])
+def test_sincos_positions_tell_apart_the_cells_of_a_fully_masked_grid(positions):
+    """aMUSEd's U-ViT has no positions: away from the border, cells of an all-mask grid get the same logits
+    (only the convolutions' zero padding tells them apart, and the 2x upsampling each cell's place in its 2x2
+    block). With sincos positions every cell differs."""
+    cfg = {**AMUSED_LIKE_UVIT, "downsample": True, "upsample": True, "sample_size": 16, "position_embedding_type": positions}
+    model = randomize_(MaskedTokenUViT(UViTConfig(**cfg))).eval()
+    ids, hidden, pooled, micro = uvit_inputs(cfg, grid=16)
+    with torch.no_grad():
+        out = model(torch.full_like(ids, cfg["vocab_size"] - 1), hidden, pooled, micro)
+    interior = out[:, :, 6:11:2, 6:11:2].flatten(2)  # same place in their 2x2 blocks, far from the border
+    same = torch.allclose(interior, interior[:, :, :1].expand_as(interior), atol=1e-5)
+    assert same == (positions is None)
+
+
+def test_position_embedding_type_is_checked_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="position_embedding_type"):
+        UViTConfig(**{**TINY_UVIT, "position_embedding_type": "learned"})
+    model = randomize_(MaskedTokenUViT(UViTConfig(**{**TINY_UVIT, "position_embedding_type": "sincos"})))
+    assert load_model(MaskedTokenUViT, save_model(model, tmp_path / "pos.safetensors")).config == model.config

@@ -125,3 +125,23 @@ def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
         if hasattr(module, "backend"):
             module.backend = backend
     return model
+
+
+MAX_POSITION_FREQUENCY = 64.0  # radians per image side: neighbours stay apart on grids up to ~64 cells
+
+
+def grid_positions(height: int, width: int, dim: int, device=None) -> torch.Tensor:
+    """Fixed 2-D sine-cosine positions ``[height * width, dim]``, half the channels per axis.
+
+    A cell is placed by its centre as a fraction of the image side, not by its index, so two grids over
+    one image agree where they overlap: a super-res token and the low-res token under it get the same code.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sine-cosine positions need a width divisible by 4, got {dim}.")
+    quarter = dim // 4
+    freqs = MAX_POSITION_FREQUENCY ** torch.linspace(1.0, 0.0, quarter, device=device)
+    ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
+    ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    angles_y, angles_x = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
+    return torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)

@@ -5,20 +5,21 @@ the text width, is appended to the text hidden states, and that joint sequence i
 context of a masked-token transformer over the high-resolution grid. The high-resolution transformer is
 our U-ViT (:class:`MaskedTokenUViT`), so it shares the base model's conditioning (pooled text vector and
 micro-conditions) and its MLM head. The low-resolution grid gets fixed 2-D sine-cosine positions, so one
-model serves any grid size.
+model serves any grid size. The high-resolution U-ViT needs positions too (``position_embedding_type="sincos"``
+in its config): aMUSEd's U-ViT has none, so on a fully masked grid every query is the same and cannot pick
+the low-res token under it; the shared positions (fractions of the image side) let it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from .base import ModelConfig, MuseModel
-from .layers import Attention, FeedForward, RMSNorm
+from .layers import Attention, FeedForward, RMSNorm, grid_positions
 from .uvit import HEAD_DIM, MaskedTokenUViT, TextContext, UViTConfig, _count
 
 
@@ -64,19 +65,6 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.ff(self.norm2(x))
-
-
-def grid_positions(height: int, width: int, dim: int, device=None) -> torch.Tensor:
-    """Fixed 2-D sine-cosine positions ``[height * width, dim]``: half the channels per axis."""
-    quarter = dim // 4
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float32, device=device),
-        torch.arange(width, dtype=torch.float32, device=device),
-        indexing="ij",
-    )
-    angles_y, angles_x = ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs
-    return torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
 
 
 class SuperResTransformer(MuseModel):

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelConfig, MuseModel
-from .layers import AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, sinusoidal_embedding
+from .layers import AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, grid_positions, sinusoidal_embedding
 
 HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
 
@@ -51,6 +51,9 @@ class UViTConfig(ModelConfig):
     layer_norm_eps: float = 1e-6
     ln_elementwise_affine: bool = True
     sample_size: int = 64
+    # Not in aMUSEd (None): "sincos" adds fixed 2-D positions to the token grid and to the transformer's input,
+    # which a super-res model needs to find the low-res token under each high-res one.
+    position_embedding_type: str | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping):
@@ -62,6 +65,10 @@ class UViTConfig(ModelConfig):
         return super().from_dict(values)
 
     def __post_init__(self):
+        if self.position_embedding_type not in (None, "sincos"):
+            raise ValueError(f"position_embedding_type must be None or 'sincos', got {self.position_embedding_type!r}.")
+        if self.position_embedding_type and (self.block_out_channels % 4 or self.hidden_size % 4):
+            raise ValueError("sincos positions need block_out_channels and hidden_size divisible by 4.")
         if self.micro_cond_encode_dim % 2:
             raise ValueError(f"micro_cond_encode_dim must be even, got {self.micro_cond_encode_dim}.")
         if self.micro_cond_embed_dim % self.micro_cond_encode_dim:
@@ -304,9 +311,15 @@ class MaskedTokenUViT(MuseModel):
         return self.forward_with_text(input_ids, text)
 
     def forward_with_text(self, input_ids: torch.Tensor, text: TextContext) -> torch.Tensor:
-        x = self.down_block(self.embed(input_ids), text)
+        x = self.embed(input_ids)
+        if self.config.position_embedding_type:
+            c, h, w = x.shape[1:]
+            x = x + rearrange(grid_positions(h, w, c, x.device).to(x.dtype), "(h w) c -> c h w", h=h)
+        x = self.down_block(x, text)
         h, w = x.shape[-2:]
         x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))
+        if self.config.position_embedding_type:
+            x = x + grid_positions(h, w, x.shape[-1], x.device).to(x.dtype)
         for layer in self.transformer_layers:
             x = layer(x, text)
         x = self.project_from_hidden(self.project_from_hidden_norm(x))

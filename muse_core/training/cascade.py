@@ -74,9 +74,9 @@ PRESETS = {
         base_size=64, dataset_size=20_000, codebook_size=256, vq_channels=32, text_width=192, text_layers=2,
         width=192, layers=4, sr_layers=2, lowres_width=128, lowres_layers=1, clip_width=128, clip_layers=2,
         vq=TrainConfig(steps=2400, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
-        sr_vq=TrainConfig(steps=1200, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=200),
+        sr_vq=TrainConfig(steps=4800, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=400),
         transformer=TrainConfig(steps=6500, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
-        super_res=TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=100),
+        super_res=TrainConfig(steps=1200, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200),
         reranker=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=100),
         sampling={"guidance_scale": 3.0, "temperature": [1.0, 0.0]},
     ),
@@ -93,7 +93,8 @@ PRESETS = {
 }
 
 
-def transformer_config(preset: CascadePreset, grid: int, num_layers: int) -> UViTConfig:
+def transformer_config(preset: CascadePreset, grid: int, num_layers: int,
+                       position_embedding_type: str | None = None) -> UViTConfig:
     """A small aMUSEd-style U-ViT; the conv stages halve the grid so attention runs on (grid/2)^2 tokens."""
     channels = preset.width // 2
     return UViTConfig(
@@ -102,6 +103,7 @@ def transformer_config(preset: CascadePreset, grid: int, num_layers: int) -> UVi
         codebook_size=preset.codebook_size, in_channels=channels, block_out_channels=channels, num_res_blocks=1,
         downsample=True, upsample=True, block_num_heads=max(1, channels // 64), num_hidden_layers=num_layers,
         num_attention_heads=max(1, preset.width // 64), intermediate_size=3 * preset.width, sample_size=grid,
+        position_embedding_type=position_embedding_type,
     )
 
 
@@ -109,7 +111,8 @@ def super_res_config(preset: CascadePreset, grid: int) -> SuperResConfig:
     return SuperResConfig(
         lowres_codebook_size=preset.codebook_size, lowres_hidden_size=preset.lowres_width,
         lowres_num_layers=preset.lowres_layers, lowres_num_heads=max(1, preset.lowres_width // 64),
-        lowres_intermediate_size=3 * preset.lowres_width, transformer=transformer_config(preset, grid, preset.sr_layers),
+        lowres_intermediate_size=3 * preset.lowres_width,
+        transformer=transformer_config(preset, grid, preset.sr_layers, position_embedding_type="sincos"),
     )
 
 
