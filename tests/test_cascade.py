@@ -23,6 +23,8 @@ def test_tiny_cascade_writes_a_complete_model_folder(tiny_cascade):
     pipe = load_pipeline(tiny_cascade)
     assert pipe.super_res is not None and pipe.super_res_vq is not None
     assert pipe.transformer.codebook_size == pipe.vq.codebook_size
+    # the super-res U-ViT needs positions to find the low-res token under each high-res one
+    assert pipe.super_res.config.transformer.position_embedding_type == "sincos"
     # shipped weights are fp16 files; they load as fp32 by default
     assert pipe.transformer.dtype == torch.float32
     scorer = load_clip_scorer(tiny_cascade / "reranker")
