@@ -172,7 +172,8 @@ def test_sincos_positions_tell_apart_the_cells_of_a_fully_masked_grid(positions)
     """aMUSEd's U-ViT has no positions: away from the border, cells of an all-mask grid get the same logits
     (only the convolutions' zero padding tells them apart, and the 2x upsampling each cell's place in its 2x2
     block). With sincos positions every cell differs."""
-    cfg = {**AMUSED_LIKE_UVIT, "downsample": True, "upsample": True, "sample_size": 16, "position_embedding_type": positions}
+    cfg = {**AMUSED_LIKE_UVIT, "downsample": True, "upsample": True, "sample_size": 16,
+           "position_embedding_type": positions}
     model = randomize_(MaskedTokenUViT(UViTConfig(**cfg))).eval()
     ids, hidden, pooled, micro = uvit_inputs(cfg, grid=16)
     with torch.no_grad():

@@ -20,7 +20,8 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelConfig, MuseModel
-from .layers import AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, grid_positions, sinusoidal_embedding
+from .layers import (AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, grid_positions,
+                     sinusoidal_embedding)
 
 HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
 
