@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from einops import rearrange
 
 from muse_core.loading import load_model
 from muse_core.models.vq import VQTokenizer
 from muse_core.text.loading import load_tokenizer
 from muse_core.training.tokenizer import build_word_tokenizer, save_tokenizer
-from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, small_vq_config
+from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, patch_consistency_loss, small_vq_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -145,7 +146,7 @@ def test_vq_objective_learns_and_exports_the_trained_model(tmp_path):
         _, logs = objective({"images": images})
         z = objective.vq.quant_conv(objective.vq.encoder(images))
         _, ids, _, _ = objective.quantize(z)
-    assert set(logs) == {"rec", "commit", "perplexity", "codes_used"}
+    assert set(logs) == {"rec", "commit", "consistency", "perplexity", "codes_used"}
     assert torch.equal(ids, objective.vq.encode(images))  # training quantises as encode does
 
     path = objective.export(tmp_path, "vqvae", dtype=torch.float32)
@@ -196,6 +197,34 @@ def test_restarts_seed_codes_where_the_codebook_is_poor():
     dead = torch.arange(5, 16)  # 11 dead codes for 11 distinct outputs; codes 0-4 sit far away
     seeds = kmeans_plus_plus_seeds(z, codebook, dead)
     assert distance_to_nearest(torch.cat([torch.zeros(1, 8), rare]), seeds).max() < 1e-6
+
+
+def test_patch_consistency_is_the_spread_of_latents_over_identical_patches():
+    images = torch.zeros(2, 3, 8, 8)  # 2x2 patches of 4x4 pixels per image: 7 black, 1 white
+    images[1, :, 4:, 4:] = 1.0
+    z = torch.zeros(2, 2, 2, 2)
+    assert patch_consistency_loss(images, z) == 0
+    z[1, :, 1, 1] = 5.0  # the only white patch: all the spread is between groups
+    assert patch_consistency_loss(images, z) == 0
+    z[0, 0, 0, 0] = 7.0  # one black patch off
+    black = z.permute(0, 2, 3, 1).reshape(8, 2)[:7]
+    within = (black - black.mean(0)).square().sum()
+    total = (z.permute(0, 2, 3, 1).reshape(8, 2) - z.permute(0, 2, 3, 1).reshape(8, 2).mean(0)).square().sum()
+    assert torch.allclose(patch_consistency_loss(images, z), within / total)
+    assert torch.allclose(patch_consistency_loss(images, 3 * z), within / total)  # a share: scale-free
+
+
+def test_patch_consistency_gives_identical_patches_one_code():
+    images = square_images(16)
+    same_as_corner = (images == images[:, :, :1, :1]).all(dim=1)
+    background = rearrange(same_as_corner, "b (h p) (w q) -> b h w (p q)", p=4, q=4).all(-1)  # flat background tokens
+    codes_per_background = {}
+    for weight in (0.0, 1.0):
+        objective = VQObjective(tiny_vq(), patch_consistency=weight)
+        train_steps(objective, {"images": images}, 60)
+        ids = objective.vq.encode(images)
+        codes_per_background[weight] = sum(len(i[b].unique()) for i, b in zip(ids, background)) / len(images)
+    assert codes_per_background[1.0] < codes_per_background[0.0]
 
 
 def _restart_on_two_ranks(rank: int, init_file: str, results: dict) -> None:

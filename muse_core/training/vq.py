@@ -5,7 +5,15 @@ The objective quantises exactly as ``VQTokenizer.encode`` does (euclidean neares
 ``encode``/``decode`` are the trained ones. Images are [0,1] in and out, as ``encode``/``decode`` expect.
 
 Loss = L1 + MSE reconstruction + ||sg(z) - e||^2 (moves the codes) + commitment * ||z - sg(e)||^2
-(keeps the encoder near its codes), all in fp32 whatever autocast computes the convolutions in.
+(keeps the encoder near its codes) + patch_consistency * (spread of z within identical patches),
+all in fp32 whatever autocast computes the convolutions in.
+
+Patch consistency: the encoder sees far beyond its own patch (3x3 convolutions, GroupNorm over the
+whole image), so without it one flat colour spreads over dozens of codes depending on what is nearby
+(measured on the shapes data: 22-105 codes, 2.3 nats, per flat colour). The transformer then spends
+its loss guessing among equivalent codes, and its confidence, which decides what parallel decoding
+keeps, says little about the picture. Pulling the latents of patches with the same pixels (within
+1/64) towards their batch mean gives identical patches one code.
 
 Codes that the encoder stops choosing get no gradient and never come back. Their usage is tracked
 (an EMA of how often each code is picked); every ``restart_every`` steps the codes used less than
@@ -71,6 +79,7 @@ class VQObjective(nn.Module):
         self,
         vq: VQTokenizer,
         commitment: float = 0.25,
+        patch_consistency: float = 1.0,
         usage_decay: float = 0.99,
         restart_every: int = 100,
         dead_usage: float = 0.03,
@@ -78,6 +87,7 @@ class VQObjective(nn.Module):
         super().__init__()
         self.vq = vq
         self.commitment = commitment
+        self.patch_consistency = patch_consistency
         self.usage_decay = usage_decay
         self.restart_every = restart_every
         self.dead_usage = dead_usage
@@ -98,7 +108,8 @@ class VQObjective(nn.Module):
         reconstruction = self.vq.decoder(self.vq.post_quant_conv(z_q)).float()
         l1 = F.l1_loss(reconstruction, images.float())
         mse = F.mse_loss(reconstruction, images.float())
-        loss = l1 + mse + codebook_loss + self.commitment * commitment_loss
+        consistency = patch_consistency_loss(images, z) if self.patch_consistency else z.new_zeros(())
+        loss = l1 + mse + codebook_loss + self.commitment * commitment_loss + self.patch_consistency * consistency
 
         counts = torch.bincount(ids.flatten(), minlength=self.vq.codebook_size).float()
         if self.training:
@@ -108,6 +119,7 @@ class VQObjective(nn.Module):
         logs = {
             "rec": (l1 + mse).item(),
             "commit": commitment_loss.item(),
+            "consistency": consistency.item(),
             "perplexity": perplexity.item(),
             "codes_used": (self.code_usage > self._dead_below).float().mean().item(),
         }
@@ -160,6 +172,19 @@ class VQObjective(nn.Module):
     def export(self, folder: Path, name: str = "vqvae", dtype: torch.dtype = torch.float16) -> Path:
         """Write ``folder/<name>.safetensors`` (loadable with ``load_model(VQTokenizer, path)``)."""
         return save_model(self.vq, Path(folder) / f"{name}.safetensors", dtype)
+
+
+def patch_consistency_loss(images: torch.Tensor, z: torch.Tensor, levels: int = 64) -> torch.Tensor:
+    """Spread of the latents (fp32 [B,D,h,w]) within groups of identical patches, as a share of their
+    whole spread: patches are identical when their pixels ([B,C,H,W] in [0, 1], rounded to ``levels``
+    steps) are. A share, so that shrinking every latent cannot lower it."""
+    factor = images.shape[-1] // z.shape[-1]
+    patches = rearrange(images.detach().float(), "b c (h p) (w q) -> (b h w) (c p q)", p=factor, q=factor)
+    _, group = torch.unique(torch.round(patches * (levels - 1)).to(torch.int16), dim=0, return_inverse=True)
+    z = rearrange(z, "b d h w -> (b h w) d")
+    sums = torch.zeros(int(group.max()) + 1, z.shape[1], device=z.device).index_add_(0, group, z)
+    group_means = sums / torch.bincount(group).unsqueeze(1).float()
+    return (z - group_means[group]).square().sum() / (z - z.mean(dim=0)).square().sum().clamp_min(1e-12)
 
 
 def kmeans_plus_plus_seeds(z: torch.Tensor, codebook: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
