@@ -7,6 +7,7 @@ from PIL import Image
 from muse_core.cli import main
 from muse_core.pipeline import load_pipeline
 from muse_core.rerank import load_clip_scorer
+from muse_core.training.cascade import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,10 @@ def test_tiny_cascade_writes_a_complete_model_folder(tiny_cascade):
     pipe = load_pipeline(tiny_cascade)
     assert pipe.super_res is not None and pipe.super_res_vq is not None
     assert pipe.transformer.codebook_size == pipe.vq.codebook_size
-    # the super-res U-ViT needs positions to find the low-res token under each high-res one
+    # the super-res U-ViT needs positions to find the low-res token under each high-res one; the preset
+    # gives the base U-ViT its own
     assert pipe.super_res.config.transformer.position_embedding_type == "sincos"
+    assert pipe.transformer.config.position_embedding_type == PRESETS["tiny"].base_positions == "sincos"
     # shipped weights are fp16 files; they load as fp32 by default
     assert pipe.transformer.dtype == torch.float32
     scorer = load_clip_scorer(tiny_cascade / "reranker")

@@ -62,6 +62,9 @@ class CascadePreset:
     super_res: TrainConfig
     reranker: TrainConfig
     sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
+    # Options measured but not (yet) in the shipped model, which these defaults reproduce (see README):
+    vq_patch_consistency: float = 0.0  # VQObjective's patch_consistency, for both VQs
+    base_positions: str | None = None  # the base U-ViT's position_embedding_type; the super-res one has sincos
 
     @property
     def sr_size(self) -> int:
@@ -89,6 +92,7 @@ PRESETS = {
         transformer=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        vq_patch_consistency=1.0, base_positions="sincos",  # so that the tests run both options end to end
     ),
 }
 
@@ -142,13 +146,14 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
             vq = VQTokenizer(small_vq_config(factor, preset.codebook_size, preset.vq_channels))
             vq.to(memory_format=torch.channels_last)  # 2-3x faster convolutions on CPU
             crops = RandomCrops(CaptionFolder(data_dir, size), size // 2, factor)
-            _export(run(stage, VQObjective(vq), crops, config), world, out_dir, stage)
+            objective = VQObjective(vq, patch_consistency=preset.vq_patch_consistency)
+            _export(run(stage, objective, crops, config), world, out_dir, stage)
     if not done("transformer"):
         tokenizer = build_word_tokenizer(captions, "t5", max_length=64)
         text_encoder = new_t5_encoder(tokenizer, preset.text_width, preset.text_layers, max(1, preset.text_width // 64),
                                       2 * preset.text_width)
         ids = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
-        model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers))
+        model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers, preset.base_positions))
         objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True)
         _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
         if world.is_main and preset.sampling:

@@ -5,7 +5,7 @@ The objective quantises exactly as ``VQTokenizer.encode`` does (euclidean neares
 ``encode``/``decode`` are the trained ones. Images are [0,1] in and out, as ``encode``/``decode`` expect.
 
 Loss = L1 + MSE reconstruction + ||sg(z) - e||^2 (moves the codes) + commitment * ||z - sg(e)||^2
-(keeps the encoder near its codes) + patch_consistency * (spread of z within identical patches),
+(keeps the encoder near its codes) + patch_consistency * (spread of z within identical patches, off by default),
 all in fp32 whatever autocast computes the convolutions in.
 
 Patch consistency: the encoder sees far beyond its own patch (3x3 convolutions, GroupNorm over the
@@ -13,7 +13,9 @@ whole image), so without it one flat colour spreads over dozens of codes dependi
 (measured on the shapes data: 22-105 codes, 2.3 nats, per flat colour). The transformer then spends
 its loss guessing among equivalent codes, and its confidence, which decides what parallel decoding
 keeps, says little about the picture. Pulling the latents of patches with the same pixels (within
-1/64) towards their batch mean gives identical patches one code.
+1/64) towards their batch mean gives identical patches one code (there: 3-12 codes, 0.63 nats, and a
+lower reconstruction loss). The base transformer's loss then fell from 2.40 to 1.78, yet its pictures
+did not pass the checker more often, so the term is off until a model trained with it does better.
 
 Codes that the encoder stops choosing get no gradient and never come back. Their usage is tracked
 (an EMA of how often each code is picked); every ``restart_every`` steps the codes used less than
@@ -79,7 +81,7 @@ class VQObjective(nn.Module):
         self,
         vq: VQTokenizer,
         commitment: float = 0.25,
-        patch_consistency: float = 1.0,
+        patch_consistency: float = 0.0,
         usage_decay: float = 0.99,
         restart_every: int = 100,
         dead_usage: float = 0.03,
