@@ -97,6 +97,34 @@ def test_base_objective_learns_caption_dependent_tokens(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text_encoder.parameters())
 
 
+def test_text_encoder_learning_rate_is_scaled(tmp_path):
+    # scale 0: the text encoder gets gradients but AdamW moves it by lr * 0 (decay included)
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=True,
+                                     text_encoder_lr_scale=0.0)
+    text_before = [p.detach().clone() for p in objective.text_encoder.parameters()]
+    model_before = [p.detach().clone() for p in model.parameters()]
+    losses_of(objective, token_data(4), 3, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(text_before, objective.text_encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(model_before, model.parameters()))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text_encoder.parameters())
+
+
+def test_position_bias_init_makes_a_fresh_t5_tell_word_roles_apart():
+    captions = ["a red square on a blue background", "a blue square on a red background"]
+    tokenizer = build_word_tokenizer(captions, "t5", 16)
+    similarity = {}
+    for std in (None, 2.0):
+        torch.manual_seed(0)
+        encoder = new_t5_encoder(tokenizer, 32, 1, 1, 64, position_bias_std=std)
+        hidden = encoder.encode(captions).hidden_states
+        similarity[std] = torch.cosine_similarity(hidden[0, 1], hidden[1, 5], dim=0).item()  # "red": object vs background
+    bias = encoder.model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert 1.5 < bias.std().item() < 2.5
+    assert similarity[2.0] < 0.97 and similarity[2.0] < similarity[None]
+
+
 def test_super_res_objective_learns_from_lowres_ids(tmp_path):
     torch.manual_seed(0)
     model = SuperResTransformer(super_res_config(TINY, 4))

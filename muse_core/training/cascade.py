@@ -65,6 +65,8 @@ class CascadePreset:
     # Options measured but not (yet) in the shipped model, which these defaults reproduce (see README):
     vq_patch_consistency: float = 0.0  # VQObjective's patch_consistency, for both VQs
     base_positions: str | None = None  # the base U-ViT's position_embedding_type; the super-res one has sincos
+    text_lr_scale: float = 1.0  # the T5's learning rate relative to the base transformer's
+    text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
 
     @property
     def sr_size(self) -> int:
@@ -92,7 +94,8 @@ PRESETS = {
         transformer=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
-        vq_patch_consistency=1.0, base_positions="sincos",  # so that the tests run both options end to end
+        # so that the tests run the options end to end
+        vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1, text_position_bias_std=2.0,
     ),
 }
 
@@ -151,10 +154,11 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
     if not done("transformer"):
         tokenizer = build_word_tokenizer(captions, "t5", max_length=64)
         text_encoder = new_t5_encoder(tokenizer, preset.text_width, preset.text_layers, max(1, preset.text_width // 64),
-                                      2 * preset.text_width)
+                                      2 * preset.text_width, position_bias_std=preset.text_position_bias_std)
         ids = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
         model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers, preset.base_positions))
-        objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True)
+        objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True,
+                                         text_encoder_lr_scale=preset.text_lr_scale)
         _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
         if world.is_main and preset.sampling:
             (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")

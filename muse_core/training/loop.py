@@ -132,11 +132,17 @@ def train(objective: nn.Module, dataset, config: TrainConfig, out_dir: str | Pat
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed + world.rank)  # objectives draw masks and dropouts from the global RNG
     objective.to(world.device)
-    parameters = [p for p in objective.parameters() if p.requires_grad]
-    decay = [p for p in parameters if p.ndim >= 2]  # no weight decay on norms and biases
-    rest = [p for p in parameters if p.ndim < 2]
+    named = [(name, p) for name, p in objective.named_parameters() if p.requires_grad]
+    parameters = [p for _, p in named]
+    # An objective may scale some parameters' learning rate (``learning_rate_scale(name)``); no weight
+    # decay on norms and biases.
+    scale_of = getattr(objective, "learning_rate_scale", lambda name: 1.0)
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in named:
+        groups.setdefault((p.ndim >= 2, scale_of(name)), []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        [{"params": ps, "weight_decay": config.weight_decay if decay else 0.0, "lr_scale": scale}
+         for (decay, scale), ps in groups.items()],
         lr=config.lr, betas=(0.9, 0.99), fused=True,  # fused: one kernel per step instead of ~10 ops per tensor
     )
     start = load_checkpoint(out_dir, objective, optimizer, world)
@@ -150,7 +156,7 @@ def train(objective: nn.Module, dataset, config: TrainConfig, out_dir: str | Pat
     for step, indices in zip(range(start, config.steps), batch_indices(len(dataset), config, world, start)):
         batch = to_device(collate([dataset[i] for i in indices]), world.device)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)  # absent in older checkpoints
         with torch.autocast(world.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, logs = model(batch)
         if not torch.isfinite(loss):
