@@ -1,5 +1,6 @@
 """The training loop and the masked-token objectives: masking, prompt dropout, learning, resuming, DDP."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -109,6 +110,18 @@ def test_text_encoder_learning_rate_is_scaled(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(text_before, objective.text_encoder.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(model_before, model.parameters()))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text_encoder.parameters())
+
+
+def test_resuming_with_other_learning_rate_scales_is_refused(tmp_path):
+    def objective(scale):
+        torch.manual_seed(0)
+        return MaskedTokenObjective(MaskedTokenUViT(transformer_config(TINY, 4, 1)), tiny_text_encoder(), image_size=16,
+                                    train_text_encoder=True, text_encoder_lr_scale=scale)
+
+    config = TrainConfig(steps=2, batch_size=8, warmup_steps=1, precision="fp32", checkpoint_every=1)
+    train(objective(1.0), token_data(4), config, tmp_path, collate, progress=False)
+    with pytest.raises(ValueError, match="learning-rate scales"):
+        train(objective(0.1), token_data(4), dataclasses.replace(config, steps=3), tmp_path, collate, progress=False)
 
 
 def test_position_bias_init_makes_a_fresh_t5_tell_word_roles_apart():

@@ -242,6 +242,13 @@ def load_checkpoint(out_dir: Path, objective: nn.Module, optimizer: torch.optim.
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
+    saved_scales = [group.get("lr_scale", 1.0) for group in info["param_groups"]]
+    scales = [group["lr_scale"] for group in optimizer.param_groups]
+    if saved_scales != scales:
+        raise ValueError(
+            f"{folder}: the checkpoint was trained with learning-rate scales {saved_scales} per parameter group, this "
+            f"run asks for {scales} (e.g. another text_lr_scale); resume with the same options or delete the checkpoint."
+        )
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     torch.set_rng_state(tensors["rng.cpu"])
     if world.rank:  # each process continues its own random stream
