@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from muse_core.cli import main
-from muse_core.pipeline import load_pipeline
+from muse_core.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 from muse_core.rerank import load_clip_scorer
-from muse_core.training.cascade import PRESETS
+from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,15 @@ def test_tiny_cascade_writes_a_complete_model_folder(tiny_cascade):
     assert pipe.transformer.dtype == torch.float32
     scorer = load_clip_scorer(tiny_cascade / "reranker")
     assert scorer.score(torch.rand(2, 3, 16, 16), "a red circle").shape == (2,)
+
+
+def test_shipped_preset_builds_the_embedded_models_architectures():
+    """`muse train` (preset shipped) must reproduce the embedded model, so their configs must agree."""
+    preset, pipe = PRESETS["shipped"], load_pipeline(DEFAULT_MODEL_DIR)
+    grid = preset.base_size // pipe.vq.downsample_factor
+    assert pipe.transformer.config == transformer_config(preset, grid, preset.layers, preset.base_positions)
+    assert pipe.super_res.config == super_res_config(preset, preset.sr_size // pipe.super_res_vq.downsample_factor)
+    assert pipe.text_encoder.model.config.d_model == preset.text_width
 
 
 def test_generate_with_super_res_and_reranking_from_a_trained_folder(tiny_cascade, tmp_path):
