@@ -1,5 +1,7 @@
 """`muse train` end to end on the tiny preset: every stage runs, the folder loads and generates."""
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -41,6 +43,7 @@ def test_shipped_preset_builds_the_embedded_models_architectures():
     assert pipe.transformer.config == transformer_config(preset, grid, preset.layers, preset.base_positions)
     assert pipe.super_res.config == super_res_config(preset, preset.sr_size // pipe.super_res_vq.downsample_factor)
     assert pipe.text_encoder.model.config.d_model == preset.text_width
+    assert json.loads((DEFAULT_MODEL_DIR / "sampling.json").read_text()) == preset.sampling
 
 
 def test_generate_with_super_res_and_reranking_from_a_trained_folder(tiny_cascade, tmp_path):
