@@ -20,7 +20,8 @@ from tests.comfy_harness import CoreNodes, extra_widget_values, is_widget, load_
 
 PROMPT = "two red circles on a blue background"
 EMBEDDED_SAMPLING = {"guidance": 3.0, "temperature_start": 1.0}  # as its sampling.json; it overshoots at 10
-EMBEDDED_STEPS = {"steps": 24}  # as its sampling.json: text-to-image passes the checker more often than at 12
+# the base sampler as its sampling.json: 24 steps pass the checker more often than 12
+EMBEDDED_BASE_SAMPLING = {**EMBEDDED_SAMPLING, "steps": 24}
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
@@ -38,7 +39,7 @@ def encode(prompt: str, key: str = "encode") -> tuple:
 WORKFLOWS = {
     "muse_text_to_image": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 4, **EMBEDDED_SAMPLING, **EMBEDDED_STEPS}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 4, **EMBEDDED_BASE_SAMPLING}),
                   ("save", "SaveImage", {"filename_prefix": "muse"})],
         "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
@@ -46,7 +47,7 @@ WORKFLOWS = {
     },
     "muse_super_res_cascade": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 2, **EMBEDDED_SAMPLING, **EMBEDDED_STEPS}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 2, **EMBEDDED_BASE_SAMPLING}),
                   ("preview", "PreviewImage", {}),
                   ("super_res", "MuseSuperResSampler", EMBEDDED_SAMPLING),
                   ("save", "SaveImage", {"filename_prefix": "muse_sr"})],
@@ -87,7 +88,7 @@ WORKFLOWS = {
     },
     "muse_best_of_n_rerank": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 8, **EMBEDDED_SAMPLING, **EMBEDDED_STEPS}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 8, **EMBEDDED_BASE_SAMPLING}),
                   ("reranker", "MuseRerankerLoader", {"model_name": "embedded/reranker"}),
                   ("rerank", "MuseCLIPRerank", {}),
                   ("preview", "PreviewImage", {}),
@@ -102,7 +103,7 @@ WORKFLOWS = {
         "nodes": [LOADER, encode("a red circle left of a yellow square on a navy background"),
                   ("image", "LoadImage", {"image": "muse_example_shapes.png"}),
                   ("vq_encode", "MuseVQEncode", {}),
-                  ("sampler", "MuseSampler", {**SIZE_64, "strength": 0.6, **EMBEDDED_SAMPLING, **EMBEDDED_STEPS}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "strength": 0.6, **EMBEDDED_BASE_SAMPLING}),
                   ("save", "SaveImage", {"filename_prefix": "muse_img2img"})],
         "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
                   ("loader.vq", "vq_encode.vq"), ("image.IMAGE", "vq_encode.images"),
