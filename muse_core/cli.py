@@ -41,7 +41,7 @@ from .pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline
 from .rerank import load_clip_scorer
 from .sampling import SamplingOptions, generate, img2img, super_resolve
 from .sampling.generate import MAX_TOKENS_PER_SIDE
-from .sampling.schedules import GUIDANCE_SCHEDULES
+from .sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RERANKER_FOLDER = "reranker"
@@ -139,6 +139,8 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                        help="classifier-free guidance scale; <= 1 turns guidance off (aMUSEd: 10; built-in model: 3)")
     group.add_argument("--guidance-schedule", choices=GUIDANCE_SCHEDULES, default=None,
                        help="linear: rise from 1 to --guidance over the steps, as Muse (aMUSEd: constant)")
+    group.add_argument("--mask-schedule", choices=tuple(MASK_SCHEDULES), default=None,
+                       help="share of tokens still masked after each step (aMUSEd: cosine; inpaint/outpaint: linear)")
     group.add_argument("--temperature", type=temperature, default=None, metavar="T|START,END",
                        help="randomness of which tokens are kept, annealed over the steps (aMUSEd: 2,0)")
 
@@ -149,10 +151,12 @@ def add_input_image_options(parser: argparse.ArgumentParser) -> None:
                         help="resize inputs to the nearest multiple of the VQ factor instead of refusing them")
 
 
-def sampling_options(args, pipe: MusePipeline, **overrides) -> SamplingOptions:
-    """The command line's settings; the model's recommended ones (then aMUSEd's) where a flag is not given."""
+def sampling_options(args, pipe: MusePipeline, mask_schedule: str | None = None) -> SamplingOptions:
+    """The command line's settings; where a flag is not given, the command's own ``mask_schedule``, then the
+    model's recommended settings, then aMUSEd's."""
     return pipe.sampling_options(steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                                 temperature=args.temperature, seed=args.seed, **overrides)
+                                 mask_schedule=args.mask_schedule or mask_schedule, temperature=args.temperature,
+                                 seed=args.seed)
 
 
 # ---- checks made before any model is loaded ----

@@ -85,6 +85,24 @@ def test_model_folder_sampling_json_gives_the_defaults(model, tmp_path, capsys):
     assert code == 0 and "2/2" in captured.err  # a flag wins over the file
 
 
+def test_mask_schedule_flag_replaces_the_commands_default(model, tmp_path, capsys):
+    def generate(name, *flags, command="generate", inputs=()):
+        out = tmp_path / f"{name}.png"
+        code, captured = run([command, *inputs, "a cat", "--model", model, "--steps", 3, "--quiet", *flags, "-o", out],
+                             capsys)
+        assert code == 0, captured.err
+        return pixels(out)
+
+    default = generate("default")  # cosine
+    assert np.array_equal(default, generate("cosine", "--mask-schedule", "cosine"))
+    assert not np.array_equal(default, generate("square", "--mask-schedule", "square"))
+    image = write_image(tmp_path / "photo.png")
+    inpaint = {"command": "inpaint", "inputs": (image, "--mask", write_image(tmp_path / "mask.png", mode="L"))}
+    default = generate("inpaint", **inpaint)  # linear
+    assert np.array_equal(default, generate("linear", "--mask-schedule", "linear", **inpaint))
+    assert not np.array_equal(default, generate("cos", "--mask-schedule", "cosine", **inpaint))
+
+
 def test_generate_with_reranking_and_super_resolution(cascade, tmp_path, capsys):
     out = tmp_path / "best.png"
     args = ["generate", "a cat", "--model", cascade, *FAST, "--sr", "--sr-steps", 2, "--rerank", 2, "-n", 2, "-o", out]
