@@ -143,6 +143,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                        help="share of tokens still masked after each step (aMUSEd: cosine; inpaint/outpaint: linear)")
     group.add_argument("--temperature", type=temperature, default=None, metavar="T|START,END",
                        help="randomness of which tokens are kept, annealed over the steps (aMUSEd: 2,0)")
+    group.add_argument("--token-temperature", type=bounded_float(0.01, 100.0), default=None, metavar="T",
+                       help="softmax temperature of the sampled tokens; < 1 favours likelier codes "
+                            "(aMUSEd: 1; built-in model: 0.5)")
 
 
 def add_input_image_options(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +159,7 @@ def sampling_options(args, pipe: MusePipeline, mask_schedule: str | None = None)
     model's recommended settings, then aMUSEd's."""
     return pipe.sampling_options(steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
                                  mask_schedule=args.mask_schedule or mask_schedule, temperature=args.temperature,
-                                 seed=args.seed)
+                                 token_temperature=args.token_temperature, seed=args.seed)
 
 
 # ---- checks made before any model is loaded ----

@@ -13,10 +13,11 @@ from .widgets import MAX_BATCH, decoding_options, seed
 
 
 def sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                     mask_schedule) -> SamplingOptions:
+                     mask_schedule, token_temperature) -> SamplingOptions:
     """The seed and ``decoding_options`` widgets of a node, as muse_core's options."""
     return SamplingOptions(steps=steps, guidance_scale=guidance, guidance_schedule=guidance_schedule,
-                           temperature=(temperature_start, temperature_end), mask_schedule=mask_schedule, seed=seed)
+                           temperature=(temperature_start, temperature_end), mask_schedule=mask_schedule,
+                           token_temperature=token_temperature, seed=seed)
 
 
 def check_tokens(tokens: MuseTokens, vq, what: str) -> None:

@@ -49,4 +49,7 @@ def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str
             "Randomness in choosing which tokens to keep at the last step.")}),
         "mask_schedule": (tuple(MASK_SCHEDULES), {"default": mask_schedule, "tooltip": (
             "How many tokens stay masked after each step. cosine: Muse / aMUSEd; linear: aMUSEd inpainting.")}),
+        "token_temperature": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 100.0, "step": 0.05, "tooltip": (
+            "Softmax temperature of the sampled tokens: 1 samples plainly (aMUSEd); below 1 favours the likelier "
+            "codes (fewer stray specks on small models; the embedded model: 0.5).")}),
     }

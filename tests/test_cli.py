@@ -74,9 +74,10 @@ def test_generate_size_precision_and_progress_bar(model, tmp_path, capsys):
 
 def test_model_folder_sampling_json_gives_the_defaults(model, tmp_path, capsys):
     explicit = tmp_path / "explicit.png"
-    flags = ["--steps", 3, "--guidance", 2, "--temperature", "1,0"]
+    flags = ["--steps", 3, "--guidance", 2, "--temperature", "1,0", "--token-temperature", 0.5]
     assert run(["generate", "a cat", "--model", model, *flags, "-o", explicit], capsys)[0] == 0
-    (model / "sampling.json").write_text('{"steps": 3, "guidance_scale": 2.0, "temperature": [1.0, 0.0]}')
+    (model / "sampling.json").write_text(
+        '{"steps": 3, "guidance_scale": 2.0, "temperature": [1.0, 0.0], "token_temperature": 0.5}')
     from_file = tmp_path / "from_file.png"
     code, captured = run(["generate", "a cat", "--model", model, "-o", from_file], capsys)
     assert code == 0 and "3/3" in captured.err

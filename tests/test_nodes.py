@@ -45,7 +45,7 @@ def conditioning(nodes, embedded):
 def decoding(**changes) -> dict:
     """The seed and decoding widgets of sampler and editing nodes (few steps: these tests check plumbing)."""
     return {"seed": 0, "steps": 4, "guidance": 3.0, "guidance_schedule": "constant", "temperature_start": 2.0,
-            "temperature_end": 0.0, "mask_schedule": "cosine", **changes}
+            "temperature_end": 0.0, "mask_schedule": "cosine", "token_temperature": 1.0, **changes}
 
 
 def sample(nodes, embedded, conditioning, batch_size=1, strength=1.0, tokens=None, size=64, **changes):

@@ -7,7 +7,8 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from diffusers.pipelines.deprecated.amused import AmusedPipeline
 
 from muse_core import load_pipeline
-from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve
+from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve, unmask_step
+from muse_core.sampling.sampler import generators_for
 from muse_core.sampling.generate import remask_for_strength
 from muse_core.sampling.schedules import masked_fraction
 
@@ -85,9 +86,28 @@ def test_linear_guidance_schedule_changes_the_result(amused_folder):  # noqa: F8
     assert not torch.equal(ours(pipe, guidance_schedule="linear"), ours(pipe))
 
 
+def test_token_temperature_moves_sampling_towards_the_likeliest_code():
+    logits = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(0))  # 6 codes; mask id 6
+    masked = torch.full((2, 4, 4), 6)
+
+    def last_step(token_temperature):  # the last step commits every masked token
+        return unmask_step(logits, masked, 11, 12, 6, generators_for(0, 2, "cpu"), torch.tensor(0.0),
+                           token_temperature=token_temperature)
+    assert torch.equal(last_step(1e-3), logits.argmax(1))
+    hits = {t: (last_step(t) == logits.argmax(1)).float().mean() for t in (1.0, 0.5)}
+    assert hits[1.0] < hits[0.5] < 1
+
+
+def test_token_temperature_changes_generation(amused_folder):  # noqa: F811
+    pipe = load_pipeline(amused_folder[0])
+    assert torch.equal(ours(pipe, token_temperature=1.0), ours(pipe))  # 1 is aMUSEd's plain sampling
+    assert not torch.equal(ours(pipe, token_temperature=0.5), ours(pipe))
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(steps=0), "steps must be an integer from 1"), (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
     (dict(mask_schedule="zigzag"), "mask_schedule must be one of"), (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(token_temperature=0.0), "token_temperature must be > 0"),
 ])
 def test_bad_options_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
