@@ -15,6 +15,7 @@ is reproduced alone with ``seed + k`` and a batch of one.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -54,8 +55,8 @@ class SamplingOptions:
         pair = self.temperature if isinstance(self.temperature, (tuple, list)) else (self.temperature,)
         if any(t < 0 for t in pair):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
-        if not self.token_temperature > 0:
-            raise ValueError(f"token_temperature must be > 0 (1 = plain sampling), got {self.token_temperature}.")
+        if not 0 < self.token_temperature < math.inf:  # inf would sample uniformly
+            raise ValueError(f"token_temperature must be > 0 and finite (1 = plain sampling), got {self.token_temperature}.")
 
     @property
     def guided(self) -> bool:
