@@ -11,6 +11,7 @@ optimizer's param groups and the config. Training resumes exactly where it stopp
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -66,7 +67,15 @@ def setup_distributed() -> Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A group still alive at interpreter shutdown can abort the process ("terminate called without
+        # an active exception": gloo's threads outlive Python), so it is closed while Python still runs.
+        atexit.register(_close_process_group)
     return Distributed(int(os.environ.get("RANK", "0")), world_size, device)
+
+
+def _close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def has_bf16_matrix_units(device: torch.device) -> bool:
