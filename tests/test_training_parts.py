@@ -309,6 +309,8 @@ def test_clip_objective_learns_and_exports_for_the_reranker(clip_parts, tmp_path
     objective.eval()
     folder = objective.export(tmp_path / "reranker", dtype=torch.float32)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    saved = json.loads((folder / "tokenizer.json").read_text())  # the scorer's fixed length, not training's
+    assert saved["padding"]["strategy"] == {"Fixed": 16} and saved["truncation"]["max_length"] == 16
     scorer = load_clip_scorer(folder)
     expected = ClipScorer(model, tokenizer).score(batch["images"], batch["captions"])
     assert torch.allclose(scorer.score(batch["images"], batch["captions"]), expected, atol=1e-6)

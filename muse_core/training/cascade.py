@@ -83,7 +83,9 @@ PRESETS = {
         sr_vq=TrainConfig(steps=4800, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=400),
         transformer=TrainConfig(steps=12500, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
         super_res=TrainConfig(steps=1200, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200),
-        reranker=TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=100),
+        # fp32: this small CLIP steps ~1.5x faster without bf16 autocast on an AMX CPU (measured fwd+bwd)
+        reranker=TrainConfig(steps=2400, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=200,
+                             precision="fp32"),
         sampling={"steps": 24, "guidance_scale": 3.0, "temperature": [1.0, 0.0], "token_temperature": 0.5},
         vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1, text_position_bias_std=2.0,
     ),

@@ -132,6 +132,11 @@ class ClipObjective(nn.Module):
             for name, tensor in self.model.state_dict().items()
         }
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        # tokenizer.json keeps the padding and truncation of the tokenizer's last call (training pads to
+        # the batch's longest); save the scorer's fixed length instead, so the file does not depend on it
+        backend, length = self.tokenizer.backend_tokenizer, self.scorer.max_length
+        backend.enable_padding(length=length, pad_id=self.tokenizer.pad_token_id, pad_token=self.tokenizer.pad_token)
+        backend.enable_truncation(length)
         save_tokenizer(self.tokenizer, folder)
         return folder
 
