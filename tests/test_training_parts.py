@@ -19,7 +19,7 @@ from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, patch_con
 transformers = pytest.importorskip("transformers")
 
 from muse_core.rerank import ClipScorer, load_clip_scorer  # noqa: E402
-from muse_core.training.clip import ClipObjective, new_clip_model, small_clip_config  # noqa: E402
+from muse_core.training.clip import ClipObjective, new_clip_model, paste_specks, small_clip_config  # noqa: E402
 
 CAPTIONS = ["A red circle.", "two BLUE squares, left of a green triangle", "a red square", "a blue circle"]
 PROMPTS = ["a red circle", "a purple zebra!", "", "two blue squares left of a green triangle " * 4]
@@ -297,6 +297,38 @@ def test_clip_loss_uses_each_images_own_hard_negatives(clip_parts):
     assert plain.item() == pytest.approx(reference_loss(model, tokenizer, clip_batch(negatives=False)).item(), rel=1e-4)
     assert loss.item() > plain.item()  # more candidates per image
     assert set(logs) == {"loss", "i2t_acc", "logit_scale"}
+
+
+def test_paste_specks_changes_one_small_square_per_image_and_skips_invisible_ones():
+    images = torch.zeros(4, 3, 40, 40)
+    images[1::2] = 1.0  # black, white, black, white: every pasted block is fully visible
+    torch.manual_seed(0)
+    specked, owners = paste_specks(images)
+    assert owners.tolist() == [0, 1, 2, 3]
+    for copy, owner in zip(specked, owners):
+        rows, cols = (copy != images[owner]).any(0).nonzero(as_tuple=True)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height == width and 2 <= height <= 5  # 5% to 12.5% of a 40 px side
+        assert len(rows) == height * width  # one solid square, nothing else touched
+    assert len(paste_specks(torch.zeros(4, 3, 40, 40))[0]) == 0  # a block of the same colour changes nothing
+
+
+def test_clip_speck_negatives_ask_each_caption_to_prefer_its_clean_image(clip_parts):
+    model, tokenizer = clip_parts
+    batch = clip_batch()
+    torch.manual_seed(0)
+    loss, logs = ClipObjective(model, tokenizer, speck_negatives=True)(batch)
+
+    torch.manual_seed(0)  # the same blocks as the objective drew
+    specked, owners = paste_specks(batch["images"])
+    scorer = ClipScorer(model, tokenizer)
+    clean = scorer.score(batch["images"][owners], [batch["captions"][i] for i in owners])
+    spoiled = scorer.score(specked, [batch["captions"][i] for i in owners])
+    speck_term = torch.nn.functional.softplus(model.logit_scale.exp() * (spoiled - clean)).mean()
+    assert len(owners) == 4 and logs["speck"] == pytest.approx(speck_term.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(reference_loss(model, tokenizer, batch).item() + speck_term.item(), rel=1e-4)
+    loss.backward()  # the term trains both towers
+    assert model.vision_model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
 
 
 def test_clip_objective_learns_and_exports_for_the_reranker(clip_parts, tmp_path):

@@ -68,6 +68,7 @@ class CascadePreset:
     base_positions: str | None = None  # the base U-ViT's position_embedding_type; the super-res one has sincos
     text_lr_scale: float = 1.0  # the T5's learning rate relative to the base transformer's
     text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
+    clip_speck_negatives: bool = False  # the reranker's ClipObjective speck_negatives
 
     @property
     def sr_size(self) -> int:
@@ -88,6 +89,7 @@ PRESETS = {
                              precision="fp32"),
         sampling={"steps": 24, "guidance_scale": 3.0, "temperature": [1.0, 0.0], "token_temperature": 0.5},
         vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1, text_position_bias_std=2.0,
+        clip_speck_negatives=True,
     ),
     # Seconds on a CPU: for tests and for checking a data folder before a long run.
     "tiny": CascadePreset(
@@ -100,7 +102,7 @@ PRESETS = {
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
-        text_position_bias_std=2.0,
+        text_position_bias_std=2.0, clip_speck_negatives=True,
     ),
 }
 
@@ -181,7 +183,7 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
 
         tokenizer = build_word_tokenizer(captions, "clip", max_length=32)
         model = new_clip_model(tokenizer, preset.base_size, preset.clip_width, preset.clip_layers)
-        objective = ClipObjective(model, tokenizer)
+        objective = ClipObjective(model, tokenizer, speck_negatives=preset.clip_speck_negatives)
         _export(run("reranker", objective, base_images, preset.reranker), world, out_dir, "reranker")
     return out_dir
 

@@ -10,6 +10,12 @@ Loss: CLIP's symmetric InfoNCE over the batch, where each image's candidates are
 plus its own hard negatives (captions of the same scene with one attribute changed: colour, count,
 relation...). Without negatives this is plain CLIP. Captions identical to an image's own caption
 (frequent with a small caption space) are not counted as wrong answers for it, in either direction.
+
+Optional image negatives (``speck_negatives``): each image also gets a copy with a small square block
+pasted from another batch image, a speck its caption does not mention, and a pairwise loss asks the
+caption to match the clean image better than the specked copy. Contrastive batches rarely contrast
+images that differ in one small spot, yet that is what separates a generated picture with a stray blob
+from a clean one; no labels are needed, so it works for any image-caption data.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from ..rerank import ClipScorer
 from .tokenizer import save_tokenizer
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps its learned temperature at 100
+SPECK_SIDES = (0.05, 0.125)  # pasted block side, as a share of the image side (3-8 px at 64 px)
+SPECK_MIN_CHANGE = 0.15  # mean absolute change in [0,1] below which a pasted block is invisible: skipped
 LEGACY_EOS_ID = 2  # transformers' CLIP text tower pools at argmax(input_ids) when eos_token_id == 2
 
 
@@ -73,11 +81,12 @@ def new_clip_model(tokenizer, image_size: int, width: int = 128, layers: int = 4
 class ClipObjective(nn.Module):
     """Contrastive loss with hard negatives for a ``CLIPModel``; see the module docstring."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, speck_negatives: bool = False):
         super().__init__()
         _check_tokenizer(model.config.text_config, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
+        self.speck_negatives = speck_negatives
         self.scorer = ClipScorer(model, tokenizer)  # the reranker's preprocessing and tokenization
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -93,7 +102,9 @@ class ClipObjective(nn.Module):
         owner = torch.tensor([-1] * len(captions) + [i for i, own in enumerate(negatives) for _ in own])
 
         model, device = self.model, self.scorer.device
-        pixel_values = self.scorer.preprocess(batch["images"])
+        images = batch["images"]
+        specked, specked_owner = paste_specks(images) if self.speck_negatives else (images[:0], owner[:0])
+        pixel_values = self.scorer.preprocess(torch.cat([images, specked]))  # one vision pass for both
         tokens = self.tokenizer(
             texts, padding="longest", max_length=self.scorer.max_length, truncation=True, return_tensors="pt"
         ).to(device)
@@ -104,9 +115,10 @@ class ClipObjective(nn.Module):
         image_embeds = F.normalize(image_embeds.float(), dim=-1)
         text_embeds = F.normalize(text_embeds.float(), dim=-1)
         scale = model.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
+        batch_size = len(captions)
+        image_embeds, specked_embeds = image_embeds[:batch_size], image_embeds[batch_size:]
         logits = scale * image_embeds @ text_embeds.T  # [B, B + negatives]
 
-        batch_size = len(captions)
         targets = torch.arange(batch_size, device=device)
         owner = owner.to(device)
         others_negative = (owner[None, :] >= 0) & (owner[None, :] != targets[:, None])
@@ -118,7 +130,17 @@ class ClipObjective(nn.Module):
         text_to_image = F.cross_entropy(logits[:, :batch_size].T, targets)
         loss = (image_to_text + text_to_image) / 2
         accuracy = (logits.argmax(dim=1) == targets).float().mean()
-        return loss, {"loss": loss.item(), "i2t_acc": accuracy.item(), "logit_scale": scale.item()}
+        logs = {"loss": loss.item(), "i2t_acc": accuracy.item(), "logit_scale": scale.item()}
+        if self.speck_negatives:
+            specked_owner = specked_owner.to(device)
+            own_captions = text_embeds[specked_owner]
+            clean = scale * (own_captions * image_embeds[specked_owner]).sum(-1)
+            spoiled = scale * (own_captions * specked_embeds).sum(-1)
+            # softplus(spoiled - clean) = -log P(clean wins) among the two; an empty batch adds 0
+            speck_loss = F.softplus(spoiled - clean).sum() / max(len(specked_owner), 1)
+            loss = loss + speck_loss
+            logs.update(loss=loss.item(), speck=speck_loss.item())
+        return loss, logs
 
     def export(self, folder: Path, dtype: torch.dtype = torch.float16) -> Path:
         """config.json + model.safetensors + tokenizer files, loadable by ``muse_core.rerank.load_clip_scorer``."""
@@ -139,6 +161,30 @@ class ClipObjective(nn.Module):
         backend.enable_truncation(length)
         save_tokenizer(self.tokenizer, folder)
         return folder
+
+
+def paste_specks(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of ``images`` ([B,3,H,W] in [0,1]) with one square block pasted from the previous image.
+
+    Block sides and positions come from torch's global generator. Returns the specked copies and the
+    index of the image each came from; copies whose block barely changed the image are left out.
+    """
+    count, _, height, width = images.shape
+    smallest, largest = (max(1, round(share * min(height, width))) for share in SPECK_SIDES)
+    donors = images.roll(1, dims=0)
+    specked, kept = images.clone(), []
+    for i in range(count):
+        side = int(torch.randint(smallest, largest + 1, ()))
+        top, left, donor_top, donor_left = (
+            int(torch.randint(0, limit - side + 1, ())) for limit in (height, width, height, width)
+        )
+        block = donors[i, :, donor_top : donor_top + side, donor_left : donor_left + side]
+        target = specked[i, :, top : top + side, left : left + side]
+        if (block - target).abs().mean() > SPECK_MIN_CHANGE:
+            target.copy_(block)
+            kept.append(i)
+    kept = torch.tensor(kept, dtype=torch.long)
+    return specked[kept], kept
 
 
 def _check_tokenizer(text_config, tokenizer) -> None:
