@@ -103,8 +103,10 @@ class ClipObjective(nn.Module):
 
         model, device = self.model, self.scorer.device
         images = batch["images"]
-        specked, specked_owner = paste_specks(images) if self.speck_negatives else (images[:0], owner[:0])
-        pixel_values = self.scorer.preprocess(torch.cat([images, specked]))  # one vision pass for both
+        if self.speck_negatives:
+            specked, specked_owner = paste_specks(images)
+            images = torch.cat([images, specked])  # one vision pass for clean and specked images
+        pixel_values = self.scorer.preprocess(images)
         tokens = self.tokenizer(
             texts, padding="longest", max_length=self.scorer.max_length, truncation=True, return_tensors="pt"
         ).to(device)
