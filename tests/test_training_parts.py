@@ -310,6 +310,7 @@ def test_paste_specks_changes_one_small_square_per_image_and_skips_invisible_one
         height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert height == width and 2 <= height <= 5  # 5% to 12.5% of a 40 px side
         assert len(rows) == height * width  # one solid square, nothing else touched
+        assert (copy[:, rows, cols] == images[owner - 1][:, rows, cols]).all()  # pasted from the previous image
     assert len(paste_specks(torch.zeros(4, 3, 40, 40))[0]) == 0  # a block of the same colour changes nothing
 
 

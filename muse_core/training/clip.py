@@ -168,24 +168,29 @@ class ClipObjective(nn.Module):
 def paste_specks(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies of ``images`` ([B,3,H,W] in [0,1]) with one square block pasted from the previous image.
 
-    Block sides and positions come from torch's global generator. Returns the specked copies and the
+    Block sides and positions come from torch's global generator (drawn on the CPU, for the whole batch at
+    once, so a CUDA batch costs one transfer and no per-image syncs). Returns the specked copies and the
     index of the image each came from; copies whose block barely changed the image are left out.
     """
     count, _, height, width = images.shape
     smallest, largest = (max(1, round(share * min(height, width))) for share in SPECK_SIDES)
+    side = torch.randint(smallest, largest + 1, (count,))
+    top, left, donor_top, donor_left = (
+        (torch.rand(count) * (limit - side + 1)).long() for limit in (height, width, height, width)
+    )
+    side, top, left, donor_top, donor_left = (t.to(images.device)[:, None, None]
+                                              for t in (side, top, left, donor_top, donor_left))
+    rows = torch.arange(height, device=images.device)[None, :, None]
+    cols = torch.arange(width, device=images.device)[None, None, :]
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)  # [B, H, W]
+    source_rows = (rows - top + donor_top).clamp(0, height - 1)
+    source_cols = (cols - left + donor_left).clamp(0, width - 1)
     donors = images.roll(1, dims=0)
-    specked, kept = images.clone(), []
-    for i in range(count):
-        side = int(torch.randint(smallest, largest + 1, ()))
-        top, left, donor_top, donor_left = (
-            int(torch.randint(0, limit - side + 1, ())) for limit in (height, width, height, width)
-        )
-        block = donors[i, :, donor_top : donor_top + side, donor_left : donor_left + side]
-        target = specked[i, :, top : top + side, left : left + side]
-        if (block - target).abs().mean() > SPECK_MIN_CHANGE:
-            target.copy_(block)
-            kept.append(i)
-    kept = torch.tensor(kept, dtype=torch.long)
+    batch_index = torch.arange(count, device=images.device)[:, None, None]
+    pasted = donors.permute(0, 2, 3, 1)[batch_index, source_rows, source_cols].permute(0, 3, 1, 2)  # [B, 3, H, W]
+    specked = torch.where(inside[:, None], pasted, images)
+    change = (specked - images).abs().sum(dim=(1, 2, 3)) / (3 * side.flatten() ** 2)
+    kept = (change > SPECK_MIN_CHANGE).nonzero()[:, 0]
     return specked[kept], kept
 
 
