@@ -82,7 +82,7 @@ PRESETS = {
         width=192, layers=4, sr_layers=2, lowres_width=128, lowres_layers=1, clip_width=128, clip_layers=2,
         vq=TrainConfig(steps=2400, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
         sr_vq=TrainConfig(steps=4800, batch_size=8, lr=1e-3, warmup_steps=50, checkpoint_every=400),
-        transformer=TrainConfig(steps=12500, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
+        transformer=TrainConfig(steps=19500, batch_size=32, lr=1e-3, warmup_steps=100, checkpoint_every=250),
         super_res=TrainConfig(steps=1200, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200),
         # fp32: this small CLIP steps ~1.5x faster without bf16 autocast on an AMX CPU (measured fwd+bwd)
         reranker=TrainConfig(steps=2400, batch_size=64, lr=5e-4, warmup_steps=50, checkpoint_every=200,
