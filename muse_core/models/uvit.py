@@ -20,8 +20,15 @@ from einops import rearrange
 from torch import nn
 
 from .base import ModelConfig, MuseModel
-from .layers import (AdaptiveNorm, Attention, FeedForward, GlobalResponseNorm, RMSNorm, grid_positions,
-                     sinusoidal_embedding)
+from .layers import (
+    AdaptiveNorm,
+    Attention,
+    FeedForward,
+    GlobalResponseNorm,
+    RMSNorm,
+    grid_positions,
+    sinusoidal_embedding,
+)
 
 HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
 
@@ -183,8 +190,12 @@ class UViTBlock(nn.Module):
         for res_block, attention_block in zip(self.res_blocks, self.attention_blocks):
             x = res_block(x, text.cond)
             h, w = x.shape[-2:]
-            x = rearrange(attention_block(rearrange(x, "b c h w -> b (h w) c"), text),
-                          "b (h w) c -> b c h w", h=h, w=w)
+            x = attention_block(rearrange(x, "b c h w -> b (h w) c"), text)
+            # Back to [B, C, H, W] as a view of [B, HW, C], as diffusers does (not einops' reshape-then-permute).
+            # Same values; the strides differ only at batch 1, where this view's batch stride is C and torch's
+            # layout heuristic then takes the tensor for NCHW, not channels-last: the next convolution runs
+            # diffusers' kernel, so batch-1 logits are bitwise diffusers'. No measurable cost.
+            x = x.transpose(1, 2).unflatten(2, (h, w))
         if self.upsample is not None:
             x = self.upsample(x)
         return x

@@ -23,12 +23,12 @@ from einops import rearrange
 from torch import nn
 
 from ..attention import attention
+from ..limits import check_pixels
 from .base import ModelConfig, MuseModel
 
 # diffusers' ACT2CLS, as functions
 _ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "mish": F.mish, "gelu": F.gelu, "relu": F.relu}
 _EPS = 1e-6  # diffusers hard-codes this GroupNorm eps throughout the VQ encoder/decoder
-_RANGE_SLACK = 0.05  # resampling may overshoot [0, 1] a little; [-1, 1] or 0..255 inputs overshoot a lot
 
 
 @dataclasses.dataclass
@@ -167,9 +167,12 @@ class SelfAttention(nn.Module):
         _, _, height, width = x.shape
         h = rearrange(self.group_norm(x), "b c y x -> b 1 (y x) c")
         h = attention(self.to_q(h), self.to_k(h), self.to_v(h), backend=self.backend)
-        h = rearrange(self.to_out[0](h), "b 1 (y x) c -> b c y x", y=height, x=width)
-        # h first: the sum takes h's channels-last strides, as in diffusers, whose later convolutions then
-        # run the channels-last kernels; `x + h` would be equal only up to rounding.
+        # Back to [B, C, H, W] as a view of [B, HW, C], as diffusers does, and h first in the sum, which takes
+        # h's strides: the later layers then see diffusers' layouts and run its kernels. Those strides are
+        # channels-last, except at batch 1, where the view's batch stride is C and torch's layout heuristic
+        # takes the tensor for NCHW. `x + h`, or einops' reshape-then-permute (channels-last at every batch
+        # size), would be equal only up to rounding.
+        h = self.to_out[0](h)[:, 0].transpose(1, 2).unflatten(2, (height, width))
         return h + x
 
 
@@ -322,18 +325,11 @@ class VQTokenizer(MuseModel):
         channels, f = self.config.in_channels, self.downsample_factor
         if images.ndim != 4 or images.shape[1] != channels:
             raise ValueError(f"VQ encode expects images shaped [B, {channels}, H, W]; got {list(images.shape)}.")
-        if not images.is_floating_point():
-            raise ValueError(f"VQ encode expects float images in [0, 1]; got dtype {images.dtype}.")
+        check_pixels("the images to VQ-encode", images)
         height, width = images.shape[-2:]
         if height % f or width % f:
             raise ValueError(
                 f"VQ encode needs height and width divisible by {f}; got {height}x{width}. Resize or crop first."
-            )
-        low, high = images.aminmax()
-        if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
-            raise ValueError(
-                f"VQ encode expects images in [0, 1]; got values in [{low.item():.3g}, {high.item():.3g}] "
-                "(map [-1, 1] inputs with (x + 1) / 2, 0..255 inputs with x / 255)."
             )
 
     def _check_ids(self, ids: torch.Tensor) -> None:
