@@ -29,24 +29,32 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from .attention import BACKENDS, check_backend
 from .editing import edit_tokens, inpaint, mask_to_token_grid, outpaint
+from .image_files import read_image, read_mask
+from .limits import (
+    MAX_EDIT_ITERATIONS,
+    MAX_IMAGES,
+    MAX_PIXELS_PER_SIDE,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_TOKENS_PER_SIDE,
+    check_text,
+    nearest_multiple,
+)
+from .output import OutputError, atomic_output
 from .pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline
 from .rerank import load_clip_scorer
 from .sampling import SamplingOptions, generate, img2img, super_resolve
-from .sampling.generate import MAX_TOKENS_PER_SIDE
 from .sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RERANKER_FOLDER = "reranker"
-MAX_STEPS = 1000
-MAX_IMAGES = 1000
 USAGE_ERROR = 2
 
 
@@ -120,7 +128,7 @@ def add_output_options(parser: argparse.ArgumentParser, default_name: str) -> No
                        help=f"the first image (default: {default_name}); more get _1, _2, ... before the extension")
     group.add_argument("-n", "--num-images", type=bounded_int(1, MAX_IMAGES), default=1, metavar="N",
                        help="number of images (default: 1)")
-    group.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="image k uses seed + k (default: 0)")
+    group.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="image k uses seed + k (default: 0)")
     group.add_argument("--batch-size", type=bounded_int(1, 256), default=4, metavar="N",
                        help="images sampled at once; lower it if memory runs out (default: 4)")
     group.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -165,10 +173,14 @@ def sampling_options(args, pipe: MusePipeline, mask_schedule: str | None = None)
 # ---- checks made before any model is loaded ----
 
 
-def require_prompt(prompt: str) -> str:
-    if not prompt.strip():
+def require_prompt(args) -> str:
+    """The prompt, and the negative prompt, checked before any model loads."""
+    check_text("the prompt", args.prompt)
+    if args.negative is not None:
+        check_text("--negative", args.negative)
+    if not args.prompt.strip():
         raise UsageError('the prompt is empty: describe the image in words, e.g. "a red fox in the snow".')
-    return prompt
+    return args.prompt
 
 
 def plan_outputs(output: Path, count: int, overwrite: bool) -> list[Path]:
@@ -220,43 +232,6 @@ def load_model_folder(folder: Path, args) -> MusePipeline:
 # ---- images ----
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """A Pillow image -> ``[C, H, W]`` float32 in [0, 1]."""
-    array = np.asarray(image, dtype=np.float32) / 255
-    return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
-
-
-def open_image(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise UsageError(f"{path}: no such image file.")
-    try:
-        image = Image.open(path)
-        image.load()
-    except OSError as error:  # PIL.UnidentifiedImageError included
-        raise UsageError(f"{path}: cannot read it as an image ({error}).") from None
-    return ImageOps.exif_transpose(image)  # photos: the orientation the user sees
-
-
-def has_alpha(image: Image.Image) -> bool:
-    return "A" in image.getbands() or "transparency" in image.info
-
-
-def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``[1, 3, H, W]`` RGB in [0, 1], and the ``[H, W]`` alpha channel when the image has one."""
-    image = open_image(path)
-    alpha = to_tensor(image.convert("RGBA"))[3] if has_alpha(image) else None
-    return to_tensor(image.convert("RGB"))[None], alpha
-
-
-def read_mask(path: Path) -> torch.Tensor:
-    """``[H, W]`` in [0, 1], 1 = regenerate: white, and opaque when the mask has an alpha channel."""
-    image = open_image(path)
-    if has_alpha(image):
-        luminance, alpha = to_tensor(image.convert("LA"))
-        return luminance * alpha
-    return to_tensor(image.convert("L"))[0]
-
-
 def mask_from_alpha(path: Path, alpha: torch.Tensor | None) -> torch.Tensor:
     """ComfyUI LoadImage's convention: transparent pixels are the area to regenerate."""
     if alpha is None:
@@ -277,7 +252,7 @@ def check_mask(mask: torch.Tensor, mask_name: str, image: torch.Tensor, image_pa
 
 def check_size(width: int, height: int, factor: int, what: str, advice: str = "") -> None:
     """Refuse sizes the VQ cannot tokenize, naming the nearest valid one."""
-    nearest = [max(factor, round(side / factor) * factor) for side in (width, height)]
+    nearest = [nearest_multiple(side, factor) for side in (width, height)]
     if width % factor or height % factor:
         raise UsageError(f"{what} is {width}x{height}, not a multiple of the model's VQ factor {factor}: "
                          f"use {nearest[0]}x{nearest[1]}{advice}.")
@@ -290,7 +265,7 @@ def fit_to_factor(image: torch.Tensor, factor: int, resize: bool, what: str) -> 
     """``image`` (``[1, C, H, W]``), resized to the nearest multiple of ``factor`` when ``resize`` allows it."""
     height, width = image.shape[-2:]
     if resize and (height % factor or width % factor):
-        size = [max(factor, round(side / factor) * factor) for side in (height, width)]
+        size = [nearest_multiple(side, factor) for side in (height, width)]
         image = F.interpolate(image, size=size, mode="bicubic", antialias=True).clamp(0, 1)
         height, width = size
     check_size(width, height, factor, what, advice=" (--resize does it)")
@@ -299,11 +274,9 @@ def fit_to_factor(image: torch.Tensor, factor: int, resize: bool, what: str) -> 
 
 def save_images(images: torch.Tensor, paths: list[Path], notes: list[str], overwrite: bool) -> None:
     for image, path, note in zip(images, paths, notes):
-        path.parent.mkdir(parents=True, exist_ok=True)
         pixels = (image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        # "x" refuses a file that appeared since plan_outputs checked
-        with open(path, "wb" if overwrite else "xb") as file:
-            Image.fromarray(pixels).save(file, format=Image.registered_extensions()[path.suffix.lower()])
+        with atomic_output(path, overwrite) as temporary:
+            Image.fromarray(pixels).save(temporary, format=Image.registered_extensions()[path.suffix.lower()])
         print(f"wrote {path} ({note})")
 
 
@@ -339,7 +312,7 @@ def seeds_note(args, count: int) -> list[str]:
 
 def start_image_job(args, suffix: str) -> tuple[str, list[Path], torch.Tensor, torch.Tensor | None]:
     """What every command on an input image does first: the prompt, the output paths, the image and its alpha."""
-    prompt = require_prompt(args.prompt)
+    prompt = require_prompt(args)
     paths = plan_outputs(args.output or Path(f"{args.image.stem}_{suffix}.png"), args.num_images, args.overwrite)
     image, alpha = read_image(args.image)
     return prompt, paths, image, alpha
@@ -364,8 +337,8 @@ def add_generate(subparsers) -> None:
     parser.add_argument("prompt", metavar="PROMPT")
     add_prompt_options(parser)
     add_sampling_options(parser)
-    parser.add_argument("--width", type=bounded_int(1, 1 << 16), help="pixels (default: the model's native size)")
-    parser.add_argument("--height", type=bounded_int(1, 1 << 16), help="pixels (default: the model's native size)")
+    parser.add_argument("--width", type=bounded_int(1, MAX_PIXELS_PER_SIDE), help="pixels (default: the model's native size)")
+    parser.add_argument("--height", type=bounded_int(1, MAX_PIXELS_PER_SIDE), help="pixels (default: the model's native size)")
     parser.add_argument("--sr", action="store_true", help="run the super-resolution stage (models with super_res/)")
     parser.add_argument("--sr-steps", type=bounded_int(1, MAX_STEPS), default=8,
                         help="super-resolution steps (default: 8)")
@@ -396,7 +369,7 @@ def super_res_scale(pipe: MusePipeline) -> int:
 
 
 def run_generate(args) -> None:
-    prompt = require_prompt(args.prompt)
+    prompt = require_prompt(args)
     candidates = args.rerank or 1
     paths = plan_outputs(args.output or Path("muse.png"), args.num_images, args.overwrite)
     folder = model_folder(args.model)
@@ -501,7 +474,7 @@ def add_outpaint(subparsers) -> None:
     add_input_image_options(parser)
     parser.add_argument("prompt", metavar="PROMPT")
     for side in ("left", "right", "top", "bottom"):
-        parser.add_argument(f"--{side}", type=bounded_int(0, 1 << 16), default=0, metavar="PIXELS",
+        parser.add_argument(f"--{side}", type=bounded_int(0, MAX_PIXELS_PER_SIDE), default=0, metavar="PIXELS",
                             help=f"pixels to add on the {side}, rounded up to the VQ factor")
     add_prompt_options(parser)
     add_sampling_options(parser)
@@ -542,7 +515,7 @@ def add_edit(subparsers) -> None:
     parser.add_argument("prompt", metavar="PROMPT")
     add_prompt_options(parser)
     group = parser.add_argument_group("editing")
-    group.add_argument("--iterations", type=bounded_int(1, 10_000), default=100,
+    group.add_argument("--iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS), default=100,
                        help="resampling rounds, one transformer pass each (default: 100)")
     group.add_argument("--fraction", type=bounded_float(0.0, 1.0), default=0.08,
                        help="share of tokens resampled per iteration (default: 0.08)")
@@ -641,7 +614,7 @@ def add_eval(subparsers) -> None:
                         help="mask-free editing iterations (default: 100)")
     parser.add_argument("--guidance", type=bounded_float(0.0), default=None, metavar="G",
                         help="guidance scale of the guided rows (default: the model's sampling.json, else 10)")
-    parser.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)
     parser.add_argument("--batch-size", type=bounded_int(1, 256), default=16, metavar="N")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -663,8 +636,8 @@ def run_eval(args) -> None:
                       guidance_scale=args.guidance, progress=not args.quiet)
     print(format_table(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        with atomic_output(args.json, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")
 
 
@@ -727,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as error:  # ValueError: the library's input checks (CheckpointError too)
         print(f"muse: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OutputError as error:  # disk full, file-size limit...: the message says nothing was lost
+        print(f"muse: error: {error}", file=sys.stderr)
+        return 1
     except torch.OutOfMemoryError:
         print("muse: error: out of memory: lower --batch-size, the image size or -n, or use --dtype bf16.",
               file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from muse_core.editing import edit_tokens, inpaint, mask_to_token_grid, outpaint
 from muse_core.editing.inpaint import TOKEN_RULES, check_images, prepare_mask
+from muse_core.limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
 from muse_core.sampling.generate import check_codebooks
 
 from .previews import progress_callback
@@ -87,7 +88,7 @@ class MuseOutpaint:
 
     @classmethod
     def INPUT_TYPES(cls):
-        margin = {"default": 0, "min": 0, "max": 4096, "step": 8}
+        margin = {"default": 0, "min": 0, "max": MAX_PIXELS_PER_SIDE, "step": 8}
         return {"required": {
             **_model_inputs(),
             "left": ("INT", {**margin, "tooltip": "Pixels to add on the left."}),
@@ -127,7 +128,7 @@ class MuseMaskFreeEdit:
             "required": {
                 **_model_inputs(),
                 "seed": seed(),
-                "iterations": ("INT", {"default": 100, "min": 1, "max": 1000, "tooltip": (
+                "iterations": ("INT", {"default": 100, "min": 1, "max": MAX_EDIT_ITERATIONS, "tooltip": (
                     "Re-sampling rounds (one model pass each); the paper uses about 100.")}),
                 "fraction": ("FLOAT", {"default": 0.08, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
                     "Share of tokens re-sampled per round; small keeps the layout (paper: ~8%).")}),
@@ -143,12 +144,11 @@ class MuseMaskFreeEdit:
 
     def edit(self, transformer, vq, conditioning, image, seed, iterations, fraction, guidance, top_k, mask=None):
         images = image_from_comfy(image)
+        pixel_mask = None if mask is None else editing_mask(mask, images)  # checked before models move
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             check_images(images, vq_model.downsample_factor)
-            token_mask = None
-            if mask is not None:
-                token_mask = mask_to_token_grid(editing_mask(mask, images), vq_model.downsample_factor)
+            token_mask = None if pixel_mask is None else mask_to_token_grid(pixel_mask, vq_model.downsample_factor)
             ids = vq_model.encode(images)
             height, width = images.shape[-2:]
             ids = edit_tokens(model, None, ids, conditioning, height=height, width=width, iterations=iterations,

@@ -3,13 +3,14 @@ token super-resolution with a Muse super-res transformer."""
 
 from __future__ import annotations
 
+from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE
 from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve
 from muse_core.sampling.generate import check_codebooks
 
 from .previews import progress_callback
 from .runtime import running
 from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
-from .widgets import MAX_BATCH, decoding_options, seed
+from .widgets import decoding_options, seed
 
 
 def sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
@@ -50,12 +51,12 @@ class MuseSampler:
                 "transformer": (TRANSFORMER, {"tooltip": "The base transformer."}),
                 "vq": (VQ, {"tooltip": "The VQ tokenizer of this transformer: decodes the result and the previews."}),
                 "conditioning": (CONDITIONING, {"tooltip": "Prompt and negative prompt from Muse Text Encode."}),
-                "width": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16, "tooltip": (
+                "width": ("INT", {"default": 256, "min": 16, "max": MAX_PIXELS_PER_SIDE, "step": 16, "tooltip": (
                     "Image width in pixels, a multiple of the VQ factor (aMUSEd: 16; native 256 or 512; "
                     "the embedded model: 64). Ignored with input tokens.")}),
-                "height": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16, "tooltip": (
+                "height": ("INT", {"default": 256, "min": 16, "max": MAX_PIXELS_PER_SIDE, "step": 16, "tooltip": (
                     "Image height in pixels (see width). Ignored with input tokens.")}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": (
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_IMAGES, "tooltip": (
                     "Images to generate; image k uses seed + k. Ignored with input tokens (one per token grid).")}),
                 "seed": seed(),
                 **decoding_options(),

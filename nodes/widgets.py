@@ -3,12 +3,10 @@ on every node that shows it."""
 
 from __future__ import annotations
 
+from muse_core.limits import MAX_SEED, MAX_STEPS
 from muse_core.sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 
 from .runtime import ATTENTION_BACKENDS, DEVICES, DTYPES
-
-MAX_SEED = 2**63 - 1  # image k of a batch uses seed + k
-MAX_BATCH = 64
 
 
 def model_options(what: str) -> dict:
@@ -35,7 +33,7 @@ def seed() -> tuple:
 def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str = "cosine") -> dict:
     """Steps, guidance and temperature of iterative parallel decoding (defaults: aMUSEd's)."""
     return {
-        "steps": ("INT", {"default": steps, "min": 1, "max": 1000, "tooltip": (
+        "steps": ("INT", {"default": steps, "min": 1, "max": MAX_STEPS, "tooltip": (
             "Decoding steps: each predicts every masked token at once and keeps the most confident. "
             "Muse: 24 base / 8 super-res; aMUSEd: 12.")}),
         "guidance": ("FLOAT", {"default": guidance, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": (

@@ -83,7 +83,7 @@ def test_sampling_json_sets_the_models_recommended_settings(amused_folder):
 
 @pytest.mark.parametrize("content, message", [
     ('{"guidance": 3}', r"unknown settings \['guidance'\]"),
-    ('{"steps": 0}', "steps must be an integer"),
+    ('{"steps": 0}', "steps must be from 1 to 1000"),
     ("[3]", "JSON object"),
     ("{oops", "Expecting property name"),
 ])

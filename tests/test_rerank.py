@@ -193,9 +193,9 @@ def test_refuses_pickles_and_configs_that_are_not_full_clip(clip_setup, tmp_path
         (torch.rand(2, 32, 32, 3), "images_from_comfy"),
         (torch.rand(2, 1, 32, 32), r"\[B,3,H,W\]"),
         (torch.rand(3, 32, 32), r"\[B,3,H,W\]"),
-        (torch.rand(1, 3, 32, 32) * 2 - 1, r"\[0,1\]"),
-        (torch.rand(1, 3, 32, 32) * 255, r"\[0,1\]"),
-        (torch.full((1, 3, 32, 32), float("nan")), r"\[0,1\]"),
+        (torch.rand(1, 3, 32, 32) * 2 - 1, r"\[0, 1\]"),
+        (torch.rand(1, 3, 32, 32) * 255, r"\[0, 1\]"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
         (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float tensor"),
     ],
 )

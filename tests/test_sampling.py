@@ -8,8 +8,8 @@ from diffusers.pipelines.deprecated.amused import AmusedPipeline
 
 from muse_core import load_pipeline
 from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve, unmask_step
-from muse_core.sampling.sampler import generators_for
 from muse_core.sampling.generate import remask_for_strength
+from muse_core.sampling.sampler import generators_for
 from muse_core.sampling.schedules import masked_fraction
 
 from .test_pipeline import PIPE_UVIT, TINY_VQ, amused_folder  # noqa: F401  (fixture)
@@ -105,7 +105,7 @@ def test_token_temperature_changes_generation(amused_folder):  # noqa: F811
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(steps=0), "steps must be an integer from 1"), (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
+    (dict(steps=0), "steps must be from 1 to 1000"), (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
     (dict(mask_schedule="zigzag"), "mask_schedule must be one of"), (dict(temperature=-1.0), "temperature must be >= 0"),
     (dict(token_temperature=0.0), "token_temperature must be > 0"),
 ])

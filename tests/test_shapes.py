@@ -9,9 +9,25 @@ import pytest
 from PIL import Image
 
 from muse_core.data.shapes import (
-    CATEGORIES, EVAL_COUNT, GAP, MARGIN, NUMBER_WORDS, RELATION_DRIFT, RELATION_SEPARATION, RELATION_WORDS, Scene,
-    NEUTRAL_BACKGROUNDS, SHAPE_COLOURS, eval_scenes, held_out_captions, negative_scenes, render, sample_scene,
-    training_scenes, with_article, write_dataset,
+    CATEGORIES,
+    EVAL_COUNT,
+    GAP,
+    MARGIN,
+    NEUTRAL_BACKGROUNDS,
+    NUMBER_WORDS,
+    RELATION_DRIFT,
+    RELATION_SEPARATION,
+    RELATION_WORDS,
+    SHAPE_COLOURS,
+    Scene,
+    eval_scenes,
+    held_out_captions,
+    negative_scenes,
+    render,
+    sample_scene,
+    training_scenes,
+    with_article,
+    write_dataset,
 )
 
 

@@ -14,7 +14,7 @@ from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
 from muse_core.training.data import TokenDataset, collate
-from muse_core.training.loop import TrainConfig, batch_indices, Distributed, learning_rate, train
+from muse_core.training.loop import Distributed, TrainConfig, batch_indices, learning_rate, train
 from muse_core.training.muse import MaskedTokenObjective, drop_prompts, random_token_mask, sample_mask_rates
 from muse_core.training.text_encoder import new_t5_encoder
 from muse_core.training.tokenizer import build_word_tokenizer

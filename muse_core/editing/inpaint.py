@@ -18,6 +18,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..limits import check_pixels, check_side, nearest_multiple
 from ..sampling.generate import check_codebooks, encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, StepCallback, decode
 
@@ -33,19 +34,26 @@ class EditResult:
 
 
 def check_images(images: torch.Tensor, factor: int) -> None:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}.")
+    """Images to edit: ``[B, 3, H, W]`` in [0, 1], each side a multiple of the VQ factor within the size limit."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be [B, 3, H, W], got {shape}.")
+    check_pixels("the input images", images)
     height, width = images.shape[-2:]
     if height % factor or width % factor:
         raise ValueError(
             f"image size {width}x{height} is not a multiple of the VQ factor {factor}: resize or crop it to "
-            f"{width // factor * factor or factor}x{height // factor * factor or factor} first."
+            f"{nearest_multiple(width, factor)}x{nearest_multiple(height, factor)} first."
         )
+    check_side("the image height", height, factor)
+    check_side("the image width", width, factor)
 
 
 def prepare_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """A ``[B, H, W]`` float mask matching ``images``; a single mask is shared by the whole batch."""
-    mask = mask.float()
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a tensor [H, W] or [B, H, W] with values in [0, 1], got {type(mask).__name__}.")
+    mask = check_pixels("the mask", mask.float())  # bool and 0/1 integer masks are fine; 0..255 ones are not
     if mask.ndim == 2:
         mask = mask[None]
     if mask.ndim != 3:
@@ -117,9 +125,12 @@ def outpaint_canvas(images: torch.Tensor, factor: int, left: int = 0, top: int =
     """
     check_images(images, factor)
     sides = [left, top, right, bottom]
-    if any(not isinstance(s, int) or s < 0 for s in sides) or not any(sides):
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sides) or not any(sides):
         raise ValueError(f"outpainting needs non-negative integer margins, at least one > 0; got {sides}.")
     left, top, right, bottom = (-(-s // factor) * factor for s in sides)
+    # checked before the canvas is allocated: a typo in a margin must not try to allocate gigabytes
+    check_side("the outpainted height", top + images.shape[2] + bottom, factor)
+    check_side("the outpainted width", left + images.shape[3] + right, factor)
     batch, _, height, width = images.shape
     canvas = images.new_full((batch, 3, top + height + bottom, left + width + right), fill)
     canvas[:, :, top:top + height, left:left + width] = images

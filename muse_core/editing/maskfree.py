@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..limits import MAX_EDIT_ITERATIONS, check_int, check_number
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
 
@@ -23,13 +24,11 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
                 seed: int = 0, mask: torch.Tensor | None = None, negative_prompt=None,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Edit token ids ``[B, h, w]`` towards ``prompts``; ``mask`` ``[B, h, w]`` (bool) confines the edit."""
-    if not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}.")
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
+    check_int("iterations", iterations, 0, MAX_EDIT_ITERATIONS)
+    check_number("fraction", fraction, 0.0, 1.0)
     if not isinstance(top_k, int) or not 1 <= top_k <= model.codebook_size:
         raise ValueError(f"top_k must be an integer from 1 to {model.codebook_size}, got {top_k!r}.")
-    options = SamplingOptions(guidance_scale=guidance_scale, seed=seed)  # validates guidance_scale
+    options = SamplingOptions(guidance_scale=guidance_scale, seed=seed)  # validates guidance_scale and seed
     batch = ids.shape[0]
     prompts = prompts_per_image(prompts, batch)
     eligible = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(ids.device).bool().expand_as(ids)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..limits import check_image_count, check_number, check_side
 from ..text.conditioning import EncodedPrompts, TextConditioning
 from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
 from .schedules import masked_fraction
-
-MAX_TOKENS_PER_SIDE = 256  # 4096 px at f16: beyond this a typo in a size is likelier than a wish
 
 
 def encode_prompts(text_encoder, prompts: list[str] | str | EncodedPrompts, negative_prompt: list[str] | str | None,
@@ -28,16 +27,17 @@ def encode_prompts(text_encoder, prompts: list[str] | str | EncodedPrompts, nega
     ``prompts`` may be :class:`EncodedPrompts` (encoded once, e.g. by a graph's text-encode node); then
     ``text_encoder`` is not used and the negative prompt is the one encoded with them.
     """
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+    check_image_count(num_images_per_prompt)
     if isinstance(prompts, EncodedPrompts):
         if negative_prompt is not None:
             raise ValueError("the prompts are already encoded with their negative prompt; pass negative_prompt=None.")
+        check_image_count(len(prompts) * num_images_per_prompt, "the number of images (prompts x num_images_per_prompt)")
         encoded = prompts.repeat_interleave(num_images_per_prompt)
         return encoded.positive, encoded.negative if guided else None
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt (\"\" is allowed).")
+    check_image_count(len(prompts) * num_images_per_prompt, "the number of images (prompts x num_images_per_prompt)")
     if not guided:
         return text_encoder.encode(prompts).repeat_interleave(num_images_per_prompt), None
     encoded = text_encoder.encode_with_negative(prompts, negative_prompt).repeat_interleave(num_images_per_prompt)
@@ -62,15 +62,7 @@ def prompts_per_image(prompts, batch: int):
 
 def token_grid(height: int, width: int, factor: int) -> tuple[int, int]:
     """The token grid of an image size; sizes must be positive multiples of the VQ factor."""
-    for name, size in (("height", height), ("width", width)):
-        if not isinstance(size, int) or size < factor or size % factor:
-            raise ValueError(
-                f"{name}={size!r}: image sizes must be positive multiples of the VQ downsampling factor {factor} "
-                f"(e.g. {max(factor, round(size / factor) * factor) if isinstance(size, (int, float)) else 256})."
-            )
-        if size // factor > MAX_TOKENS_PER_SIDE:
-            raise ValueError(f"{name}={size} is {size // factor} tokens per side; at most {MAX_TOKENS_PER_SIDE} are allowed.")
-    return height // factor, width // factor
+    return check_side("height", height, factor) // factor, check_side("width", width, factor) // factor
 
 
 def micro_conditions(height: int, width: int, batch: int, options: SamplingOptions) -> torch.Tensor:
@@ -131,8 +123,7 @@ def remask_for_strength(ids: torch.Tensor, strength: float, options: SamplingOpt
     exactly the schedule's masked fraction at that step, chosen uniformly at random: s = 1 masks every
     token (unlike diffusers, whose strength 1 masks none), s = 0 returns the ids unchanged.
     """
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must be in [0, 1], got {strength}.")
+    check_number("strength", strength, 0.0, 1.0)
     start = options.steps - round(strength * options.steps)
     if start == options.steps:
         return ids.clone(), start

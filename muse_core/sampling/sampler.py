@@ -15,11 +15,11 @@ is reproduced alone with ``seed + k`` and a batch of one.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
 
+from ..limits import MAX_STEPS, MAX_TOKENS_PER_SIDE, MAX_VQ_FACTOR, check_int, check_number, check_seed
 from ..text.conditioning import TextConditioning
 from .schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES, guidance_at, masked_fraction, temperatures
 
@@ -44,19 +44,26 @@ class SamplingOptions:
     crop_coords: tuple[int, int] = (0, 0)
 
     def __post_init__(self):
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps must be an integer from 1 to 1000, got {self.steps!r}.")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (<= 1 turns guidance off), got {self.guidance_scale}.")
+        check_int("steps", self.steps, 1, MAX_STEPS)
+        check_number("guidance_scale", self.guidance_scale, low=0.0)  # <= 1 turns guidance off
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}.")
         if self.mask_schedule not in MASK_SCHEDULES:
             raise ValueError(f"mask_schedule must be one of {tuple(MASK_SCHEDULES)}, got {self.mask_schedule!r}.")
         pair = self.temperature if isinstance(self.temperature, (tuple, list)) else (self.temperature,)
-        if any(t < 0 for t in pair):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}.")
-        if not 0 < self.token_temperature < math.inf:  # inf would sample uniformly
-            raise ValueError(f"token_temperature must be > 0 and finite (1 = plain sampling), got {self.token_temperature}.")
+        if len(pair) not in (1, 2):
+            raise ValueError(f"temperature must be one number or a (start, end) pair, got {self.temperature!r}.")
+        for value in pair:
+            check_number("temperature", value, low=0.0)
+        check_number("token_temperature", self.token_temperature, low=0.0)  # inf is refused: it samples uniformly
+        if self.token_temperature == 0:
+            raise ValueError("token_temperature must be > 0 (1 = plain sampling; small values approach argmax), got 0.")
+        check_seed(self.seed)
+        check_number("aesthetic_score", self.aesthetic_score)
+        if len(self.crop_coords) != 2:
+            raise ValueError(f"crop_coords must be a (top, left) pair, got {self.crop_coords!r}.")
+        for value in self.crop_coords:
+            check_int("crop_coords", value, 0, MAX_TOKENS_PER_SIDE * MAX_VQ_FACTOR)
 
     @property
     def guided(self) -> bool:

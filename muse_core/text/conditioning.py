@@ -8,6 +8,7 @@ import logging
 import torch
 from torch import nn
 
+from ..limits import check_text
 
 logger = logging.getLogger("muse_core")
 
@@ -142,9 +143,8 @@ class TextEncoder(nn.Module):
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise ValueError(f"{type(self).__name__}.encode needs a non-empty list of prompts, got {prompts!r}.")
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise ValueError(f"{type(self).__name__}.encode: prompts must be strings, got {bad[0]!r}.")
+        for prompt in prompts:
+            check_text("a prompt", prompt)
         return self._encode(list(prompts))
 
     def encode_with_negative(self, prompts: list[str] | str, negative: list[str] | str | None = None) -> EncodedPrompts:
