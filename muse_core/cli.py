@@ -659,13 +659,18 @@ def add_train(subparsers) -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
                         help=f"stages to train (default: all): {', '.join(STAGES)}")
     parser.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0)
+    parser.add_argument("--threads", type=bounded_int(1, 1024), default=None, metavar="N",
+                        help="torch threads per process (default: the machine's cores divided by torchrun's "
+                             "processes on it; on a busy machine fewer threads are faster)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run_train)
 
 
 def run_train(args) -> None:
     from .training.cascade import train_cascade  # noqa: PLC0415
+    from .training.loop import training_threads  # noqa: PLC0415
 
+    torch.set_num_threads(training_threads(args.threads))
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"--data {args.data}: no such folder; give a folder with images and captions.jsonl.")
     work = args.work or args.output.with_name(args.output.name + ".work")
