@@ -47,13 +47,13 @@ from .limits import (
     check_text,
     nearest_multiple,
 )
+from .loading.dtypes import DTYPE_NAMES
 from .output import OutputError, atomic_output
 from .pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline
 from .rerank import load_clip_scorer
 from .sampling import SamplingOptions, generate, img2img, super_resolve
 from .sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RERANKER_FOLDER = "reranker"
 USAGE_ERROR = 2
 
@@ -117,7 +117,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help=f"an aMUSEd / Muse model folder (default: the built-in model, {DEFAULT_MODEL_DIR})")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto (default): cuda when available, else cpu")
-    group.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+    group.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default="fp32",
                        help="precision of the transformers and text encoder; the VQ stays fp32 (default: fp32)")
     group.add_argument("--attention", choices=BACKENDS, default="auto", help="attention backend (default: auto)")
 
@@ -226,7 +226,7 @@ def load_model_folder(folder: Path, args) -> MusePipeline:
         check_backend(args.attention)
     except RuntimeError as error:  # xformers asked for where it cannot run
         raise UsageError(str(error)) from None
-    return load_pipeline(folder, dtype=DTYPES[args.dtype], device=device, attention=args.attention)
+    return load_pipeline(folder, dtype=DTYPE_NAMES[args.dtype], device=device, attention=args.attention)
 
 
 # ---- images ----
@@ -408,7 +408,7 @@ def run_generate(args) -> None:
 
 def rerank(folder: Path, args, images: torch.Tensor, prompt: str, candidates: int) -> tuple[list[int], list[str]]:
     """Index of the best of each group of ``candidates`` consecutive images, and a note on each choice."""
-    scorer = load_clip_scorer(folder / RERANKER_FOLDER, dtype=DTYPES[args.dtype], device=pick_device(args.device))
+    scorer = load_clip_scorer(folder / RERANKER_FOLDER, dtype=DTYPE_NAMES[args.dtype], device=pick_device(args.device))
     chosen, notes = [], []
     for first in range(0, len(images), candidates):
         result = scorer.rerank(images[first:first + candidates], prompt)

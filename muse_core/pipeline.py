@@ -19,13 +19,13 @@ Any component folder may also be a single self-describing ``.safetensors`` file 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from .loading import CheckpointError, load_model
-from .loading.files import tensor_names
+from .loading.dtypes import check_dtype
+from .loading.files import read_config, read_json, tensor_names
 from .models.super_res import SuperResTransformer
 from .models.uvit import MaskedTokenUViT
 from .models.vq import VQTokenizer
@@ -91,11 +91,11 @@ def load_text_encoder(path: str | Path, tokenizer_path=None, dtype=torch.float32
     """CLIP or T5 text encoder, chosen by the folder's config.json (``model_type``) or the file's tensor names."""
     from .text import load_clip_encoder, load_t5_encoder  # noqa: PLC0415
 
+    dtype = check_dtype(dtype)
     path = Path(path)
-    config_file = path / "config.json" if path.is_dir() else None
-    if config_file is not None and config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type", "")
-        is_t5 = model_type in ("t5", "umt5", "mt5")
+    config = read_config(path) if path.is_dir() else None
+    if config is not None:
+        is_t5 = config.get("model_type", "") in ("t5", "umt5", "mt5")
     else:
         target = path / "text_encoder" if path.is_dir() else path
         keys = tensor_names(target) if target.is_file() else []
@@ -118,6 +118,8 @@ def load_pipeline(
     ``dtype`` is for the transformers; ``text_dtype`` defaults to it; the VQ defaults to fp32 because
     its decoder gives NaNs in fp16.
     """
+    dtype, vq_dtype = check_dtype(dtype), check_dtype(vq_dtype, "vq_dtype")
+    text_dtype = check_dtype(text_dtype, "text_dtype")
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; load_pipeline wants a model folder (see muse_core.pipeline).")
@@ -141,10 +143,9 @@ def read_sampling_defaults(folder: Path) -> dict:
     path = folder / SAMPLING_FILE
     if not path.is_file():
         return {}
+    fix = "Fix or delete the file (it only sets sampling defaults)."
+    values = read_json(path, fix)
     try:
-        values = json.loads(path.read_text())
-        if not isinstance(values, dict):
-            raise ValueError("it must hold a JSON object")
         fields = {field.name for field in dataclasses.fields(SamplingOptions)} - {"seed"}
         unknown = sorted(set(values) - fields)
         if unknown:
@@ -152,5 +153,5 @@ def read_sampling_defaults(folder: Path) -> dict:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         SamplingOptions(**values)
     except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: {error}. Fix or delete the file (it only sets sampling defaults).") from None
+        raise CheckpointError(f"{path}: {error}. {fix}") from None
     return values

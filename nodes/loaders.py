@@ -4,6 +4,7 @@ models/text_encoders), or the embedded default model."""
 from __future__ import annotations
 
 import torch
+
 from muse_core.loading import load_model
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT

@@ -39,8 +39,9 @@ class MuseCLIPRerank:
         text = prompt.strip() or (conditioning.prompts[0] if conditioning is not None else "")
         if not text:
             raise ValueError("Muse CLIP Rerank: no prompt. Type the prompt, or connect the conditioning the images were made with.")
+        pixels = image_from_comfy(images)  # checked before the model moves to the GPU
         with running(reranker) as (scorer,):
-            result = scorer.rerank(image_from_comfy(images), text)
+            result = scorer.rerank(pixels, text)
         order = result.order.tolist()
         scores = [float(result.scores[i]) for i in order]
         lines = "\n".join(f"#{rank + 1}: image {index}, score {score:.4f}" for rank, (index, score) in enumerate(zip(order, scores)))

@@ -39,9 +39,12 @@ class MuseTokens:
 
 
 def image_from_comfy(image: torch.Tensor) -> torch.Tensor:
-    """IMAGE ``[B, H, W, C]`` -> ``[B, 3, H, W]`` float32 (an alpha channel is dropped)."""
+    """IMAGE ``[B, H, W, C]`` -> ``[B, 3, H, W]`` float32 (an alpha channel is dropped).
+
+    Every node that takes an IMAGE converts it here, so input checks live here once."""
     if image.ndim != 4 or image.shape[-1] not in (3, 4):
         raise ValueError(f"expected a ComfyUI IMAGE [B, H, W, 3], got shape {tuple(image.shape)}.")
+    _refuse_empty(image, "IMAGE", "image")
     return image[..., :3].movedim(-1, 1).float()
 
 
@@ -51,5 +54,17 @@ def image_to_comfy(images: torch.Tensor) -> torch.Tensor:
 
 
 def mask_from_comfy(mask: torch.Tensor) -> torch.Tensor:
-    """MASK ``[H, W]`` or ``[B, H, W]`` -> ``[B, H, W]`` float32 (1 = the area to repaint)."""
+    """MASK ``[H, W]`` or ``[B, H, W]`` -> ``[B, H, W]`` float32 (1 = the area to repaint); every node
+    that takes a MASK converts it here."""
+    _refuse_empty(mask, "MASK", "mask")
     return (mask[None] if mask.ndim == 2 else mask).float()
+
+
+def _refuse_empty(tensor: torch.Tensor, socket: str, item: str) -> None:
+    # An empty batch (e.g. from a filter or batch node that kept nothing) would otherwise fail deep in
+    # torch with "cannot compute aminmax over an empty dimension".
+    if tensor.numel() == 0:
+        raise ValueError(
+            f"the {socket} input holds no {item}s (shape {list(tensor.shape)}): the node that makes it gave "
+            f"an empty batch. Connect one that gives at least one non-empty {item}."
+        )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from muse_core.loading import CheckpointError
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import ROOT, CoreNodes, is_widget, load_pack, run_api, ui_to_api
+from .comfy_harness import ROOT, CoreNodes, load_pack, run_api, ui_to_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
@@ -206,7 +205,7 @@ def test_image_without_alpha_gives_an_actionable_inpaint_error(nodes, embedded, 
 
 
 def test_size_not_a_multiple_of_the_vq_factor(nodes, embedded):
-    with pytest.raises(ValueError, match="not a multiple of the VQ factor 4.*60x64"):
+    with pytest.raises(ValueError, match="not a multiple of the VQ factor 4.*64x64"):
         nodes["MuseVQEncode"]().encode(embedded[1], torch.rand(1, 64, 62, 3))
 
 

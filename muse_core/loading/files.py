@@ -101,8 +101,8 @@ def find_weight_files(folder: Path, variant: str | None = None) -> list[Path]:
 
 def _shards_from_index(index: Path) -> list[Path]:
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        weight_map = read_json(index, fix="Export the model again.")["weight_map"]
+    except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{index}: not a valid shard index ({exc}); export the model again.") from exc
     shards = [index.parent / name for name in dict.fromkeys(weight_map.values())]
     missing = [p.name for p in shards if not p.is_file()]
@@ -115,7 +115,33 @@ def read_config(folder: Path) -> dict | None:
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
+    return read_json(path)
+
+
+def read_json(path: Path, fix: str | None = None) -> dict:
+    """The JSON object in ``path``. Every model config, index and settings file is read here, so that a
+    broken one is a CheckpointError naming the file and the fix (json's own message names neither)."""
+    path = Path(path)
+    fix = fix or f"Fix the file, or replace it with the model's original {path.name} (download or export it again)."
     try:
-        return json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text: {exc}). {fix}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc}).") from exc
+    return parse_json(text, str(path), fix)
+
+
+_JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def parse_json(text: str, where: str, fix: str) -> dict:
+    """The JSON object in ``text``; ``where`` starts the error message (a file, or a file's metadata)."""
+    try:
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc}); fix or replace the file.") from exc
+        raise CheckpointError(f"{where}: not valid JSON ({exc}). {fix}") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: holds a JSON {_JSON_TYPES[type(value)]}, not a JSON object. {fix}")
+    return value
+

@@ -19,9 +19,11 @@ import torch
 
 from ..models.base import MuseModel
 from ..models.layers import set_attention_backend
+from .dtypes import check_dtype
 from .errors import CheckpointError
-from .files import find_weight_files, read_config, read_metadata, read_state_dict
+from .files import find_weight_files, parse_json, read_config, read_metadata, read_state_dict
 from .fill import fill_model
+from .kinds import DESCRIPTIONS, check_kind
 
 KIND_KEY = "muse_kind"
 CONFIG_KEY = "muse_config"
@@ -42,6 +44,7 @@ def load_model(
     ``dtype`` None keeps the file's dtype; ``variant`` picks e.g. the ``fp16`` files of a folder;
     ``attention`` is the backend of every attention layer (see ``muse_core.attention``).
     """
+    dtype = check_dtype(dtype)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder.")
@@ -50,9 +53,11 @@ def load_model(
     else:
         files, config_dict = [path], _config_of_single_file(path, model_cls)
     source = str(files[0] if len(files) == 1 else path)
-    state_dict = model_cls.convert_state_dict(read_state_dict(files))
+    state_dict = read_state_dict(files)
+    check_kind(state_dict, (model_cls.kind,), DESCRIPTIONS.get(model_cls.kind, model_cls.__name__), source)
+    state_dict = model_cls.convert_state_dict(state_dict)
     if config_dict is None:
-        config = model_cls.infer_config({k: v.shape for k, v in state_dict.items()})
+        config = _infer_config(model_cls, state_dict, source)
     else:
         try:
             config = model_cls.config_class.from_dict(config_dict)
@@ -64,6 +69,17 @@ def load_model(
     return set_attention_backend(model, attention)
 
 
+def _infer_config(model_cls: type[MuseModel], state_dict: dict[str, torch.Tensor], source: str):
+    try:
+        return model_cls.infer_config({k: v.shape for k, v in state_dict.items()})
+    except (KeyError, ValueError) as exc:
+        detail = f"no tensor {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(
+            f"{source}: a {model_cls.__name__} config cannot be inferred from the tensors ({detail}). "
+            "Put the model's config.json beside the file, or load a file saved by muse_core.loading.save_model."
+        ) from exc
+
+
 def _config_of_single_file(path: Path, model_cls: type[MuseModel]) -> dict | None:
     metadata = read_metadata(path)
     kind = metadata.get(KIND_KEY)
@@ -73,10 +89,8 @@ def _config_of_single_file(path: Path, model_cls: type[MuseModel]) -> dict | Non
             f"load it with the {kind} loader."
         )
     if CONFIG_KEY in metadata:
-        try:
-            return json.loads(metadata[CONFIG_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: the config in the file's metadata is not valid JSON ({exc}).") from exc
+        return parse_json(metadata[CONFIG_KEY], f"{path} (the config in its metadata)",
+                          "Save the model again with muse_core.loading.save_model.")
     return read_config(path.parent) if (path.parent / "config.json").is_file() else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..loading.dtypes import check_dtype
 from ..loading.errors import CheckpointError
 from .conditioning import TextConditioning, TextEncoder, logger
 from .loading import check_vocab, fill_text_model, load_tokenizer, locate_text_model, read_text_weights
@@ -65,6 +66,8 @@ def load_clip_encoder(
     warning says so: the pooled vector then differs from the original model's ``text_embeds``.
     """
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizerFast  # noqa: PLC0415
+
+    dtype = check_dtype(dtype)  # before any file is read
 
     files, config, tokenizer_dir, source = locate_text_model(path, tokenizer_path, variant)
     tokenizer = load_tokenizer(tokenizer_dir, CLIPTokenizerFast)

@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..loading.dtypes import check_dtype
 from ..loading.errors import CheckpointError
 from ..loading.files import find_weight_files, read_config, read_state_dict
 from ..loading.fill import fill_model
+from ..loading.kinds import check_kind
 
 
 def locate_text_model(path, tokenizer_path, variant: str | None):
@@ -62,16 +64,25 @@ def has_own_tokenizer(path) -> bool:
 
 
 def fill_text_model(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, dtype, device) -> nn.Module:
-    """Cast (honouring transformers' ``_keep_in_fp32_modules`` in fp16, as from_pretrained does) and fill."""
-    keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ()) if dtype == torch.float16 else set()
+    """Cast (honouring transformers' ``_keep_in_fp32_modules`` in fp16, as from_pretrained does) and fill.
+    ``dtype`` None keeps the file's dtype."""
+    # Checked here too because the text loaders reach this first use of dtype without checking it.
+    dtype = check_dtype(dtype)
+    keep_fp32 = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     for key, tensor in state_dict.items():
         if tensor.is_floating_point():
-            keep = not keep_fp32.isdisjoint(key.split("."))
-            state_dict[key] = tensor.to(torch.float32 if keep else dtype)
+            target = dtype or tensor.dtype
+            keep = target == torch.float16 and not keep_fp32.isdisjoint(key.split("."))
+            state_dict[key] = tensor.to(torch.float32 if keep else target)
     return fill_model(model, state_dict, source, dtype=None, device=device)
 
+
 def read_text_weights(files: list[Path]) -> dict[str, torch.Tensor]:
-    return _dequantize_comfy_fp8(read_state_dict(files))
+    """The weights of a text model; a Muse model file (a VQ, a transformer) is refused by its tensor names."""
+    state_dict = read_state_dict(files)
+    source = str(files[0] if len(files) == 1 else files[0].parent)
+    check_kind(state_dict, ("t5", "clip"), "a text encoder", source)
+    return _dequantize_comfy_fp8(state_dict)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..loading.dtypes import check_dtype
 from ..loading.errors import CheckpointError
 from .conditioning import TextConditioning, TextEncoder, logger
 from .loading import check_vocab, fill_text_model, load_tokenizer, locate_text_model, read_text_weights
@@ -71,6 +72,8 @@ def load_t5_encoder(
     Full encoder-decoder T5 weights are accepted; the decoder is dropped.
     """
     from transformers import T5Config, T5EncoderModel  # noqa: PLC0415
+
+    dtype = check_dtype(dtype)  # before any file is read
 
     files, config, tokenizer_dir, source = locate_text_model(path, tokenizer_path, variant)
     tokenizer = load_tokenizer(tokenizer_dir)
