@@ -8,6 +8,7 @@ Folder layout (diffusers' aMUSEd layout, plus the Muse super-resolution stage)::
     tokenizer/          the text encoder's tokenizer files
     super_res/          optional: Muse super-resolution transformer
     super_res_vqvae/    optional: VQ tokenizer of the super-res grid (default: vqvae/)
+    reranker/           optional: a CLIP model (vision + text) to rank candidates by prompt match
     sampling.json       optional: the sampling settings the model is meant to be used with (fields of
                         ``SamplingOptions``, e.g. {"guidance_scale": 3.0, "temperature": [0.5, 0.0]});
                         without it, aMUSEd's defaults
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .geometry import check_codebooks, native_size, super_res_grid_scale, super_resolved_size
 from .loading import CheckpointError, load_model
 from .loading.dtypes import check_dtype
 from .loading.files import read_config, read_json, tensor_names
@@ -32,6 +34,7 @@ from .models.vq import VQTokenizer
 from .sampling.sampler import SamplingOptions
 
 SAMPLING_FILE = "sampling.json"
+RERANKER_FOLDER = "reranker"  # optional: a full CLIP model for best-of-K reranking (muse_core.rerank)
 
 # The small cascade the project trains and ships (muse_core/training/cascade.py), so the pack works offline.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -43,7 +46,7 @@ class MusePipeline:
     vq: VQTokenizer
     text_encoder: "TextEncoder"  # noqa: F821  (muse_core.text, imported lazily: transformers is heavy)
     super_res: SuperResTransformer | None = None
-    super_res_vq: VQTokenizer | None = None
+    super_res_vq: VQTokenizer | None = None  # the super-res grid's VQ; set to ``vq`` when the folder has none
     sampling: dict = dataclasses.field(default_factory=dict)  # the folder's sampling.json
 
     def sampling_options(self, **values) -> SamplingOptions:
@@ -52,22 +55,33 @@ class MusePipeline:
         return SamplingOptions(**(self.sampling | {k: v for k, v in values.items() if v is not None}))
 
     def __post_init__(self):
-        check_compatible(self.transformer, self.vq, "transformer", "vqvae")
+        if self.super_res is not None and self.super_res_vq is None:
+            self.super_res_vq = self.vq  # a cascade without super_res_vqvae/ decodes both grids with one VQ
+        check_codebooks(self.transformer, self.vq, "transformer", "vqvae")
         if self.super_res is not None:
-            check_compatible(self.super_res, self.super_res_vq or self.vq, "super_res", "super_res_vqvae")
+            check_codebooks(self.super_res, self.super_res_vq, "super_res", "super_res_vqvae")
             if self.super_res.config.lowres_codebook_size != self.vq.codebook_size:
                 raise CheckpointError(
                     f"super_res reads low-res ids from a {self.super_res.config.lowres_codebook_size}-code codebook "
                     f"but the base VQ has {self.vq.codebook_size} codes: these components are not one cascade."
                 )
 
+    @property
+    def native_size(self) -> int:
+        """The pixel side the base transformer was trained at."""
+        return native_size(self.transformer, self.vq)
 
-def check_compatible(model, vq: VQTokenizer, model_name: str, vq_name: str) -> None:
-    if model.codebook_size != vq.codebook_size:
-        raise CheckpointError(
-            f"{model_name} predicts {model.codebook_size} codes but {vq_name} has a codebook of {vq.codebook_size}: "
-            "they were not trained together. Load the VQ that belongs to this transformer."
-        )
+    @property
+    def super_res_grid_scale(self) -> int:
+        """How many super-res tokens per base token along each side (needs a super-res stage)."""
+        if self.super_res is None:
+            raise ValueError("this model has no super-resolution stage (super_res/).")
+        return super_res_grid_scale(self.transformer, self.super_res, self.vq, self.super_res_vq)
+
+    def super_resolved_size(self, width: int, height: int) -> tuple[int, int]:
+        """The pixel size the super-res stage makes of a ``width`` x ``height`` base image."""
+        return super_resolved_size(width, height, self.vq.downsample_factor, self.super_res_grid_scale,
+                                   self.super_res_vq.downsample_factor)
 
 
 def _component(folder: Path, name: str) -> Path | None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from muse_core.editing import edit_tokens, inpaint, mask_to_token_grid, outpaint
-from muse_core.editing.inpaint import TOKEN_RULES, check_images, prepare_mask
+from muse_core.editing import (
+    EDIT_FRACTION,
+    EDIT_GUIDANCE,
+    EDIT_ITERATIONS,
+    EDIT_TOP_K,
+    INPAINT_MASK_SCHEDULE,
+    edit_image,
+    inpaint,
+    outpaint,
+)
+from muse_core.editing.inpaint import TOKEN_RULES, prepare_mask
+from muse_core.geometry import check_codebooks
 from muse_core.limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
-from muse_core.sampling.generate import check_codebooks
 
 from .previews import progress_callback
 from .runtime import running
@@ -56,7 +65,7 @@ class MuseInpaint:
             **_model_inputs(),
             "mask": ("MASK", {"tooltip": "Area to repaint (1 = repaint), the size of the image; one for all images or one each."}),
             "seed": seed(),
-            **decoding_options(mask_schedule="linear"),
+            **decoding_options(mask_schedule=INPAINT_MASK_SCHEDULE),
             "token_rule": (TOKEN_RULES, {"default": "any", "tooltip": (
                 "Which tokens are regenerated: any = every token touching the mask; majority = tokens at least "
                 "half covered (keeps more of the original around thin masks).")}),
@@ -96,7 +105,7 @@ class MuseOutpaint:
             "right": ("INT", {**margin, "default": 64, "tooltip": "Pixels to add on the right."}),
             "bottom": ("INT", {**margin, "tooltip": "Pixels to add at the bottom."}),
             "seed": seed(),
-            **decoding_options(mask_schedule="linear"),
+            **decoding_options(mask_schedule=INPAINT_MASK_SCHEDULE),
         }}
 
     def outpaint(self, transformer, vq, conditioning, image, left, top, right, bottom, **decoding):
@@ -128,13 +137,13 @@ class MuseMaskFreeEdit:
             "required": {
                 **_model_inputs(),
                 "seed": seed(),
-                "iterations": ("INT", {"default": 100, "min": 1, "max": MAX_EDIT_ITERATIONS, "tooltip": (
+                "iterations": ("INT", {"default": EDIT_ITERATIONS, "min": 1, "max": MAX_EDIT_ITERATIONS, "tooltip": (
                     "Re-sampling rounds (one model pass each); the paper uses about 100.")}),
-                "fraction": ("FLOAT", {"default": 0.08, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
+                "fraction": ("FLOAT", {"default": EDIT_FRACTION, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
                     "Share of tokens re-sampled per round; small keeps the layout (paper: ~8%).")}),
-                "guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                "guidance": ("FLOAT", {"default": EDIT_GUIDANCE, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                        "tooltip": "Classifier-free guidance scale (paper: 4)."}),
-                "top_k": ("INT", {"default": 3, "min": 1, "max": 8192, "tooltip": (
+                "top_k": ("INT", {"default": EDIT_TOP_K, "min": 1, "max": 8192, "tooltip": (
                     "Each re-sampled token is drawn from the k most likely codes (paper: 3).")}),
             },
             "optional": {
@@ -146,16 +155,10 @@ class MuseMaskFreeEdit:
         images = image_from_comfy(image)
         pixel_mask = None if mask is None else editing_mask(mask, images)  # checked before models move
         with running(transformer, vq) as (model, vq_model):
-            check_codebooks(model, vq_model)
-            check_images(images, vq_model.downsample_factor)
-            token_mask = None if pixel_mask is None else mask_to_token_grid(pixel_mask, vq_model.downsample_factor)
-            ids = vq_model.encode(images)
-            height, width = images.shape[-2:]
-            ids = edit_tokens(model, None, ids, conditioning, height=height, width=width, iterations=iterations,
-                              fraction=fraction, guidance_scale=guidance, top_k=top_k, seed=seed, mask=token_mask,
-                              callback=progress_callback(iterations, vq_model, None))
-            edited = vq_model.decode(ids.to(vq_model.device))
-        return image_to_comfy(edited), MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size)
+            result = edit_image(model, vq_model, None, images, conditioning, mask=pixel_mask, iterations=iterations,
+                                fraction=fraction, guidance_scale=guidance, top_k=top_k, seed=seed,
+                                callback=progress_callback(iterations, vq_model, None))
+        return image_to_comfy(result.images), MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
 
 
 NODE_CLASS_MAPPINGS = {"MuseInpaint": MuseInpaint, "MuseOutpaint": MuseOutpaint, "MuseMaskFreeEdit": MuseMaskFreeEdit}

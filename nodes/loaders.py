@@ -65,7 +65,7 @@ class MuseModelLoader:
             wrap(pipe.vq, "VQ"),
             wrap(pipe.text_encoder, "text encoder"),
             wrap(pipe.super_res, "super-res transformer"),
-            wrap(None if pipe.super_res is None else pipe.super_res_vq or pipe.vq, "super-res VQ"),
+            wrap(pipe.super_res_vq, "super-res VQ"),
         )
 
 

@@ -3,9 +3,9 @@ token super-resolution with a Muse super-res transformer."""
 
 from __future__ import annotations
 
+from muse_core.geometry import check_codebooks, grid_scale_for_upscale
 from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE
-from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve
-from muse_core.sampling.generate import check_codebooks
+from muse_core.sampling import SUPER_RES_STEPS, SamplingOptions, generate, img2img, super_resolve
 
 from .previews import progress_callback
 from .runtime import running
@@ -108,7 +108,7 @@ class MuseSuperResSampler:
             "upscale": ("INT", {"default": 2, "min": 1, "max": 8, "tooltip": (
                 "Output pixel size / input pixel size (Muse: 256 -> 512 px is 2).")}),
             "seed": seed(),
-            **decoding_options(steps=8),
+            **decoding_options(steps=SUPER_RES_STEPS),
         }}
 
     def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, **decoding):
@@ -127,15 +127,12 @@ class MuseSuperResSampler:
                     f"model reads {model.config.lowres_codebook_size}-code low-res tokens. Connect tokens from the "
                     "base model of the same cascade."
                 )
-            grid_scale = upscale * tokens.downsample_factor / vq_model.downsample_factor
-            if grid_scale != int(grid_scale) or grid_scale < 1:
-                raise ValueError(
-                    f"Muse Super-Res Sampler: upscale {upscale} with a factor-{tokens.downsample_factor} low-res VQ "
-                    f"and a factor-{vq_model.downsample_factor} high-res VQ is {grid_scale:g} tokens per token; "
-                    "pick an upscale that makes it a whole number."
-                )
+            try:
+                grid_scale = grid_scale_for_upscale(upscale, tokens.downsample_factor, vq_model.downsample_factor)
+            except ValueError as error:
+                raise ValueError(f"Muse Super-Res Sampler: {error}") from None
             callback = progress_callback(options.steps, vq_model, model.mask_token_id)
-            ids = super_resolve(model, None, tokens.ids, conditioning, scale=int(grid_scale),
+            ids = super_resolve(model, None, tokens.ids, conditioning, grid_scale=grid_scale,
                                 downsample_factor=vq_model.downsample_factor, options=options, callback=callback)
             images = vq_model.decode(ids.to(vq_model.device))
         return MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size), image_to_comfy(images)

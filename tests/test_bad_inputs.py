@@ -41,7 +41,7 @@ def refuse_model_loading(monkeypatch):
     """Make loading a model an error, to prove a check runs before it."""
     def fail(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
-    monkeypatch.setattr(cli, "load_pipeline", fail)
+    monkeypatch.setattr(cli.arguments, "load_pipeline", fail)
 
 
 # ---- 1. saving is atomic ----

@@ -203,7 +203,7 @@ def test_bad_input_is_one_line_and_exit_code_2(command, message, tmp_path, capsy
 
 
 def test_missing_default_model_is_explained(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
+    monkeypatch.setattr(cli.arguments, "DEFAULT_MODEL_DIR", tmp_path / "default_model")
     code, captured = run(["generate", "a cat", "-o", tmp_path / "out.png"], capsys)
     assert code == 2 and "built-in model is not installed" in captured.err and "--model" in captured.err
 

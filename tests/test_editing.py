@@ -90,5 +90,5 @@ def test_transformer_and_vq_of_different_codebooks_are_refused(pipe):
     from muse_core.models.vq import VQConfig, VQTokenizer
 
     other = VQTokenizer(VQConfig.from_dict({**pipe.vq.config.to_dict(), "num_vq_embeddings": 48}))
-    with pytest.raises(ValueError, match="predicts 32 codes but the VQ has 48"):
+    with pytest.raises(ValueError, match="predicts 32 codes but the VQ has a codebook of 48"):
         inpaint(pipe.transformer, other, pipe.text_encoder, images(), torch.ones(16, 16), "x")

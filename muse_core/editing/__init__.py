@@ -1,6 +1,7 @@
 """Editing: text-guided inpainting / outpainting and mask-free editing."""
 
-from .inpaint import EditResult, inpaint, mask_to_token_grid, outpaint, outpaint_canvas
-from .maskfree import edit_tokens
+from .inpaint import INPAINT_MASK_SCHEDULE, EditResult, inpaint, mask_to_token_grid, outpaint, outpaint_canvas
+from .maskfree import EDIT_FRACTION, EDIT_GUIDANCE, EDIT_ITERATIONS, EDIT_TOP_K, edit_image, edit_tokens
 
-__all__ = ["EditResult", "edit_tokens", "inpaint", "mask_to_token_grid", "outpaint", "outpaint_canvas"]
+__all__ = ["EDIT_FRACTION", "EDIT_GUIDANCE", "EDIT_ITERATIONS", "EDIT_TOP_K", "INPAINT_MASK_SCHEDULE", "EditResult",
+           "edit_image", "edit_tokens", "inpaint", "mask_to_token_grid", "outpaint", "outpaint_canvas"]

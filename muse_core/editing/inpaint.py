@@ -18,11 +18,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..geometry import check_codebooks
 from ..limits import check_pixels, check_side, nearest_multiple
-from ..sampling.generate import check_codebooks, encode_prompts, micro_conditions, prompts_per_image
+from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, StepCallback, decode
 
 TOKEN_RULES = ("any", "majority")
+INPAINT_MASK_SCHEDULE = "linear"  # aMUSEd's inpainting pipeline; inpainting and outpainting default to it
 
 
 @dataclasses.dataclass
@@ -85,7 +87,7 @@ def inpaint(model, vq, text_encoder, images: torch.Tensor, mask: torch.Tensor, p
     The default schedule is linear, as in aMUSEd's inpainting pipeline; the masked share of tokens
     scales the schedule (a quarter of the image masked -> a quarter of the tokens follow it).
     """
-    options = options or SamplingOptions(mask_schedule="linear")
+    options = options or SamplingOptions(mask_schedule=INPAINT_MASK_SCHEDULE)
     factor = vq.downsample_factor
     check_images(images, factor)
     pixel_mask = prepare_mask(mask, images)

@@ -6,6 +6,9 @@ the edit prompt, with classifier-free guidance. The paper uses r ~ 8%, ~100 iter
 top-k 3. Image ``k`` of a batch draws from a generator seeded ``seed + k``.
 
 Cost: ``iterations`` transformer passes per image (x2 batch with guidance). r = 0 returns the input ids.
+
+``edit_image`` is the whole edit on pixels, for every front end: encode, edit the tokens, decode, and with
+a mask keep the input's own pixels outside it (as inpainting does), not their VQ reconstruction.
 """
 
 from __future__ import annotations
@@ -14,13 +17,19 @@ from collections.abc import Callable
 
 import torch
 
+from ..geometry import check_codebooks
 from ..limits import MAX_EDIT_ITERATIONS, check_int, check_number
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
+from .inpaint import EditResult, check_images, mask_to_token_grid, prepare_mask
+
+# The paper's settings (section 3.3.2): the defaults of the API, the CLI and the node.
+EDIT_ITERATIONS, EDIT_FRACTION, EDIT_GUIDANCE, EDIT_TOP_K = 100, 0.08, 4.0, 3
 
 
 def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int, width: int,
-                iterations: int = 100, fraction: float = 0.08, guidance_scale: float = 4.0, top_k: int = 3,
+                iterations: int = EDIT_ITERATIONS, fraction: float = EDIT_FRACTION,
+                guidance_scale: float = EDIT_GUIDANCE, top_k: int = EDIT_TOP_K,
                 seed: int = 0, mask: torch.Tensor | None = None, negative_prompt=None,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Edit token ids ``[B, h, w]`` towards ``prompts``; ``mask`` ``[B, h, w]`` (bool) confines the edit."""
@@ -58,3 +67,27 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
         if callback is not None:
             callback(iteration + 1, iterations, ids)
     return ids
+
+
+def edit_image(model, vq, text_encoder, images: torch.Tensor, prompts, *, mask: torch.Tensor | None = None,
+               callback: Callable[[int, int, torch.Tensor], None] | None = None, **edit_options) -> EditResult:
+    """Edit ``images`` ``[B, 3, H, W]`` in [0, 1] towards ``prompts``; ``mask`` (``[H, W]`` or ``[B, H, W]``,
+    1 = may change) confines the edit to the tokens it touches, and pixels with mask < 0.5 stay the input's.
+
+    ``edit_options``: those of :func:`edit_tokens` (iterations, fraction, guidance_scale, top_k, seed,
+    negative_prompt)."""
+    factor = vq.downsample_factor
+    check_codebooks(model, vq)
+    check_images(images, factor)
+    pixel_mask = torch.ones_like(images[:, 0]) if mask is None else prepare_mask(mask, images)
+    token_mask = mask_to_token_grid(pixel_mask, factor)
+    with torch.no_grad():
+        ids = vq.encode(images.to(vq.device))
+    height, width = images.shape[-2:]
+    ids = edit_tokens(model, text_encoder, ids, prompts, height=height, width=width,
+                      mask=None if mask is None else token_mask, callback=callback, **edit_options)
+    with torch.no_grad():
+        out = vq.decode(ids.to(vq.device)).to(images.device, images.dtype)
+    if mask is not None:
+        out = torch.where((pixel_mask < 0.5)[:, None], images, out)
+    return EditResult(out, ids, token_mask, pixel_mask)

@@ -27,12 +27,11 @@ import torch
 from tqdm import tqdm
 
 from ..data.shapes import CATEGORIES, GAP, SHAPE_COLOURS, Scene, eval_scenes, render
-from ..editing import edit_tokens, inpaint
-from ..sampling import SamplingOptions, generate, super_resolve
+from ..editing import INPAINT_MASK_SCHEDULE, edit_tokens, inpaint
+from ..sampling import SUPER_RES_STEPS, SamplingOptions, generate, super_resolve
 from .checker import DetectedObject, check, detect
 
 MOVE_TOLERANCE = 0.1  # how far (share of the image side) an edited object's centroid may move
-SUPER_RES_STEPS = 8  # Muse's super-res default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,15 +137,6 @@ def stayed_in_place(before: DetectedObject, after: DetectedObject) -> bool:
     return abs(after.cx - before.cx) <= MOVE_TOLERANCE and abs(after.cy - before.cy) <= MOVE_TOLERANCE
 
 
-def super_res_scale(pipe) -> int:
-    """How many times the super-res token grid is the base grid (from the two native sizes)."""
-    low, high = pipe.transformer.config.sample_size, pipe.super_res.config.transformer.sample_size
-    if high % low:
-        raise ValueError(f"super_res's token grid ({high}) is not a multiple of the transformer's ({low}): "
-                         "fix super_res's sample_size in its config.")
-    return high // low
-
-
 class Evaluator:
     """Runs one setting at a time over batches of scenes; keeps the steps12 ids for the super-res row."""
 
@@ -223,10 +213,10 @@ class Evaluator:
         else:
             low = self.generate_ids(setting, positions, prompts)
         pipe = self.pipe
-        vq = pipe.super_res_vq or pipe.vq
+        vq = pipe.super_res_vq
         options = self.options(setting, self.seed + positions[0], steps=SUPER_RES_STEPS)
         high = super_resolve(pipe.super_res, pipe.text_encoder, low.to(pipe.super_res.device), prompts,
-                             scale=super_res_scale(pipe), downsample_factor=vq.downsample_factor, options=options)
+                             grid_scale=pipe.super_res_grid_scale, downsample_factor=vq.downsample_factor, options=options)
         images = vq.decode(high).cpu()
         row.note = f"checked at {images.shape[-1]} px"
         return [check(channels_last(image), scene).passed for image, scene in zip(images, scenes)]
@@ -235,7 +225,7 @@ class Evaluator:
         source = rendered(scenes, self.size)
         masks = torch.stack([object_mask(scene, p % len(scene.shapes), self.size)
                              for p, scene in zip(positions, scenes)])
-        options = self.options(setting, self.seed + positions[0], mask_schedule="linear")  # inpaint's default
+        options = self.options(setting, self.seed + positions[0], mask_schedule=INPAINT_MASK_SCHEDULE)
         result = inpaint(self.pipe.transformer, self.pipe.vq, self.pipe.text_encoder, source, masks,
                          [scene.caption for scene in scenes], options=options)
         images = result.images.cpu()
@@ -281,7 +271,7 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     scenes = select(eval_scenes() if scenes is None else scenes, limit)
-    size = size or pipe.transformer.config.sample_size * pipe.vq.downsample_factor
+    size = size or pipe.native_size
     guidance_scale = pipe.sampling_options(guidance_scale=guidance_scale).guidance_scale
     evaluator = Evaluator(pipe, scorer, size, seed, guidance_scale, batch_size, edit_iterations, progress)
     # steps12 first (in table order otherwise), so super_res reuses its base images

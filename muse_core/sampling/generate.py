@@ -13,10 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..geometry import check_codebooks
 from ..limits import check_image_count, check_number, check_side
 from ..text.conditioning import EncodedPrompts, TextConditioning
 from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
 from .schedules import masked_fraction
+
+SUPER_RES_STEPS = 8  # Muse's super-resolution default: the API's, the CLI's, the node's and eval's
 
 
 def encode_prompts(text_encoder, prompts: list[str] | str | EncodedPrompts, negative_prompt: list[str] | str | None,
@@ -70,15 +73,6 @@ def micro_conditions(height: int, width: int, batch: int, options: SamplingOptio
     return torch.tensor([[width, height, top, left, options.aesthetic_score]], dtype=torch.float32).repeat(batch, 1)
 
 
-def check_codebooks(model, vq) -> None:
-    """Refuse a transformer and VQ that were not trained together (their ids would mean nothing)."""
-    if model.codebook_size != vq.codebook_size:
-        raise ValueError(
-            f"the transformer predicts {model.codebook_size} codes but the VQ has {vq.codebook_size}: "
-            "use the VQ that belongs to this transformer."
-        )
-
-
 def generate(model, text_encoder, prompts, *, height: int, width: int, downsample_factor: int,
              negative_prompt=None, num_images_per_prompt: int = 1, options: SamplingOptions | None = None,
              callback: StepCallback | None = None) -> torch.Tensor:
@@ -92,19 +86,19 @@ def generate(model, text_encoder, prompts, *, height: int, width: int, downsampl
     return decode(guided, ids, options, model.mask_token_id, callback=callback)
 
 
-def super_resolve(sr_model, text_encoder, lowres_ids: torch.Tensor, prompts, *, scale: int = 2,
+def super_resolve(sr_model, text_encoder, lowres_ids: torch.Tensor, prompts, *, grid_scale: int = 2,
                   downsample_factor: int, negative_prompt=None, options: SamplingOptions | None = None,
                   callback: StepCallback | None = None) -> torch.Tensor:
-    """Low-res ids ``[B, h, w]`` -> high-res ids ``[B, scale*h, scale*w]`` with a Muse super-res transformer.
+    """Low-res ids ``[B, h, w]`` -> high-res ids ``[B, grid_scale*h, grid_scale*w]`` with a Muse super-res transformer.
 
-    ``prompts`` has one prompt per low-res image, or one for all. 8 steps by default (Muse).
+    ``prompts`` has one prompt per low-res image, or one for all. ``SUPER_RES_STEPS`` by default (Muse).
     """
-    options = options or SamplingOptions(steps=8)
+    options = options or SamplingOptions(steps=SUPER_RES_STEPS)
     if lowres_ids.ndim != 3:
         raise ValueError(f"lowres_ids must be [B, h, w] token ids, got shape {tuple(lowres_ids.shape)}.")
     batch, h, w = lowres_ids.shape
     prompts = prompts_per_image(prompts, batch)
-    height, width = scale * h * downsample_factor, scale * w * downsample_factor
+    height, width = grid_scale * h * downsample_factor, grid_scale * w * downsample_factor
     grid = token_grid(height, width, downsample_factor)
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
     with torch.no_grad():
@@ -154,18 +148,18 @@ def img2img(model, text_encoder, ids: torch.Tensor, prompts, *, strength: float 
 
 
 def upscale_via_img2img(model, low_vq, high_vq, text_encoder, lowres_ids: torch.Tensor, prompts, *,
-                        strength: float = 0.5, scale: int = 2, negative_prompt=None,
+                        strength: float = 0.5, upscale: int = 2, negative_prompt=None,
                         options: SamplingOptions | None = None, callback: StepCallback | None = None) -> torch.Tensor:
     """Token-space super-resolution for models without a super-res transformer (e.g. aMUSEd 256 -> 512).
 
-    Decode the low-res ids, upscale the image ``scale`` x (bicubic), re-encode it with the higher-res
+    Decode the low-res ids, upscale the image ``upscale`` x in pixels (bicubic), re-encode it with the higher-res
     model's VQ, then re-mask and resample a ``strength`` share of the schedule with that model (img2img).
     Cost: one decode, one encode, ``round(steps * strength)`` transformer passes.
     """
     check_codebooks(model, high_vq)
     with torch.no_grad():
         images = low_vq.decode(lowres_ids.to(low_vq.device))
-        images = F.interpolate(images, scale_factor=scale, mode="bicubic").clamp(0, 1)
+        images = F.interpolate(images, scale_factor=upscale, mode="bicubic").clamp(0, 1)
         ids = high_vq.encode(images.to(high_vq.device))
     height, width = images.shape[-2:]
     return img2img(model, text_encoder, ids, prompts, strength=strength, height=height, width=width,

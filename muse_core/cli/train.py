@@ -1,0 +1,99 @@
+"""``muse eval`` (prompt accuracy on the shapes benchmark) and ``muse train`` (a cascade from a caption folder).
+
+Their heavy modules are imported when the command runs, which keeps ``muse --help`` and the other commands fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..editing import EDIT_ITERATIONS
+from ..limits import MAX_EDIT_ITERATIONS, MAX_SEED
+from ..output import atomic_output
+from ..pipeline import RERANKER_FOLDER
+from ..rerank import load_clip_scorer
+from .arguments import UsageError, add_model_options, bounded_float, bounded_int, load_model_folder, model_folder
+
+
+def add_eval(subparsers) -> None:
+    from ..eval import SETTINGS  # noqa: PLC0415  (the shapes data and checker are only needed here)
+
+    parser = subparsers.add_parser(
+        "eval", help="prompt accuracy on the shapes benchmark",
+        description="Generate the held-out shapes prompts and score the images with the colour-segmentation "
+                    "checker: accuracy per category and overall, one row per setting.")
+    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=None, metavar="SETTING",
+                        help=f"rows to run (default: all): {', '.join(SETTINGS)}")
+    parser.add_argument("--limit", type=bounded_int(1, 10_000), default=None, metavar="N",
+                        help="only the first N prompts of each category (quick runs)")
+    parser.add_argument("--best-of", type=bounded_int(2, 64), default=8, metavar="K",
+                        help="samples per prompt in the reranked row (default: 8)")
+    parser.add_argument("--edit-iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS), default=EDIT_ITERATIONS,
+                        help=f"mask-free editing iterations (default: {EDIT_ITERATIONS})")
+    parser.add_argument("--guidance", type=bounded_float(0.0), default=None, metavar="G",
+                        help="guidance scale of the guided rows (default: the model's sampling.json, else aMUSEd's)")
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)
+    parser.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=bounded_int(1, 256), default=16,
+                        metavar="N", help="images sampled at once (default: 16)")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_model_options(parser)
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> None:
+    from ..eval import evaluate, format_table  # noqa: PLC0415  (see add_eval)
+
+    folder = model_folder(args.model)
+    pipe = load_model_folder(folder, args)
+    reranker = folder / RERANKER_FOLDER
+    scorer = load_clip_scorer(reranker, device=pipe.transformer.device) if reranker.is_dir() else None
+    report = evaluate(pipe, scorer, settings=args.settings, limit=args.limit, seed=args.seed,
+                      batch_size=args.chunk_size, best_of=args.best_of, edit_iterations=args.edit_iterations,
+                      guidance_scale=args.guidance, progress=not args.quiet)
+    print(format_table(report))
+    if args.json is not None:
+        with atomic_output(args.json, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+
+
+def add_train(subparsers) -> None:
+    from ..training.cascade import PRESETS, STAGES  # noqa: PLC0415  (the training stack is only needed here)
+
+    parser = subparsers.add_parser(
+        "train", help="train a Muse cascade on an image-caption folder",
+        description="Train VQ tokenizers, a T5 text encoder with the base transformer, the super-res transformer "
+                    "and a CLIP reranker into a model folder. Interrupted runs resume. Under torchrun it trains "
+                    "data-parallel (e.g. torchrun --nproc_per_node 8 -m muse_core train ...).")
+    parser.add_argument("--data", type=Path, default=None, metavar="FOLDER",
+                        help="images + captions.jsonl or captions.txt (default: generate the shapes dataset)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FOLDER", help="the model folder to write")
+    parser.add_argument("--work", type=Path, default=None, metavar="FOLDER",
+                        help="checkpoints, token caches and generated data (default: OUTPUT.work)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="shipped",
+                        help="model sizes and schedules (default: shipped = the built-in model's recipe)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
+                        help=f"stages to train (default: all): {', '.join(STAGES)}")
+    parser.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0)
+    parser.add_argument("--threads", type=bounded_int(1, 1024), default=None, metavar="N",
+                        help="torch threads per process (default: the machine's cores divided by torchrun's "
+                             "processes on it; on a busy machine fewer threads are faster)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_train)
+
+
+def run_train(args) -> None:
+    from ..training import cascade  # noqa: PLC0415  (see add_train)
+    from ..training.loop import training_threads  # noqa: PLC0415  (see add_train)
+
+    torch.set_num_threads(training_threads(args.threads))
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder; give a folder with images and captions.jsonl.")
+    work = args.work or args.output.with_name(args.output.name + ".work")
+    out = cascade.train_cascade(args.output, work, args.preset, data_dir=args.data, stages=args.stages,
+                                seed=args.seed, progress=not args.quiet)
+    print(f"wrote {out}")
