@@ -5,7 +5,6 @@ Their heavy modules are imported when the command runs, which keeps ``muse --hel
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -57,7 +56,7 @@ def run_eval(args) -> None:
     print(format_table(report))
     if args.json is not None:
         with atomic_output(args.json, overwrite=True) as temporary:
-            temporary.write_text(json.dumps(report.to_dict(), indent=2))
+            temporary.write_text(report.to_json())
         print(f"wrote {args.json}")
 
 

@@ -1,5 +1,6 @@
 """The evaluation behind ``muse eval``: the held-out shapes prompts under several settings, each image
-scored by the programmatic checker (accuracy = share of prompts whose image passes ``check``).
+scored by the programmatic checker (accuracy = share of prompts whose image passes ``check``). This is
+the runner; its results (``EvalReport``) and their table and JSON are in ``report.py``.
 
 Rows (``SETTINGS``, by key):
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -30,6 +32,7 @@ from ..data.shapes import CATEGORIES, GAP, SHAPE_COLOURS, Scene, eval_scenes, re
 from ..editing import INPAINT_MASK_SCHEDULE, edit_tokens, inpaint
 from ..sampling import SUPER_RES_STEPS, SamplingOptions, generate, super_resolve
 from .checker import DetectedObject, check, detect
+from .report import EvalReport, EvalRow, format_table  # noqa: F401  (format_table: still importable from here)
 
 MOVE_TOLERANCE = 0.1  # how far (share of the image side) an edited object's centroid may move
 
@@ -38,7 +41,7 @@ MOVE_TOLERANCE = 0.1  # how far (share of the image side) an edited object's cen
 class Setting:
     key: str
     label: str
-    kind: str  # generate | super_res | inpaint | maskfree
+    kind: str  # a key of Evaluator.RUNNERS: generate | super_res | inpaint | maskfree
     steps: int = 12
     guided: bool = True
     samples: int = 1  # samples per prompt; > 1: the reranker keeps one
@@ -55,27 +58,6 @@ SETTINGS = {setting.key: setting for setting in (
     Setting("inpaint", "inpaint one object, 12 steps", "inpaint"),
     Setting("maskfree", "mask-free recolouring", "maskfree"),
 )}
-
-
-@dataclasses.dataclass
-class EvalRow:
-    key: str
-    label: str
-    accuracy: dict[str, float | None]  # per category and "overall"; None: no prompt of that kind (or skipped)
-    prompts: int
-    note: str = ""
-    extra: dict[str, float | int] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class EvalReport:
-    rows: list[EvalRow]
-    size: int  # base image side in pixels
-    seed: int
-    guidance_scale: float
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def select(scenes: list[Scene], limit: int | None) -> list[Scene]:
@@ -137,6 +119,24 @@ def stayed_in_place(before: DetectedObject, after: DetectedObject) -> bool:
     return abs(after.cx - before.cx) <= MOVE_TOLERANCE and abs(after.cy - before.cy) <= MOVE_TOLERANCE
 
 
+def every_scene(scene: Scene) -> bool:
+    return True
+
+
+def always_available(pipe) -> str | None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """How the evaluator runs one kind of setting (``Evaluator.RUNNERS``)."""
+
+    # an Evaluator method (self, setting, positions, scenes, row, side_passes) -> whether each scene passed
+    step: Callable[..., list[bool]]
+    suits: Callable[[Scene], bool] = every_scene  # the scenes this kind applies to
+    unavailable: Callable[..., str | None] = always_available  # why the pipeline cannot run it; None if it can
+
+
 class Evaluator:
     """Runs one setting at a time over batches of scenes; keeps the steps12 ids for the super-res row."""
 
@@ -162,21 +162,18 @@ class Evaluator:
                 bar.update(len(batch))
 
     def run(self, setting: Setting, scenes: list[Scene]) -> EvalRow:
+        runner = self.RUNNERS[setting.kind]
         if setting.samples > 1 and self.scorer is None:
             return skipped(setting, "skipped: no CLIP reranker given")
-        if setting.kind == "super_res" and self.pipe.super_res is None:
-            return skipped(setting, "skipped: the pipeline has no super-res stage")
-        if setting.kind == "inpaint":
-            scenes = [scene for scene in scenes if len(scene.shapes) >= 2]
-        if setting.kind == "maskfree":
-            scenes = [scene for scene in scenes if scene.category == "single"]
+        if (reason := runner.unavailable(self.pipe)) is not None:
+            return skipped(setting, f"skipped: {reason}")
+        scenes = [scene for scene in scenes if runner.suits(scene)]
         if not scenes:
             return skipped(setting, f"skipped: no scene suits {setting.kind}")
         row = EvalRow(setting.key, setting.label, {}, len(scenes))
-        step = getattr(self, f"run_{setting.kind}")
         results, side_passes = [], Counter()  # side_passes: secondary checks, reported as shares in row.extra
         for positions, batch in self.batches(setting, scenes):
-            passed = step(setting, positions, batch, row, side_passes)
+            passed = runner.step(self, setting, positions, batch, row, side_passes)
             results += [(scene.category, ok) for scene, ok in zip(batch, passed)]
         row.accuracy = accuracy_by_category(results)
         row.extra.update({name: count / len(scenes) for name, count in side_passes.items()})
@@ -251,6 +248,14 @@ class Evaluator:
         row.note = f"{self.edit_iterations} iterations; passes = recoloured and moved <= {MOVE_TOLERANCE}"
         return passed
 
+    RUNNERS = {  # setting kind -> how it is run
+        "generate": Runner(run_generate),
+        "super_res": Runner(run_super_res, unavailable=lambda pipe: None if pipe.super_res is not None
+                            else "the pipeline has no super-res stage"),
+        "inpaint": Runner(run_inpaint, suits=lambda scene: len(scene.shapes) >= 2),
+        "maskfree": Runner(run_maskfree, suits=lambda scene: scene.category == "single"),
+    }
+
 
 def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size: int = 16,
              settings: list[str] | None = None, progress: bool = True, limit: int | None = None, seed: int = 0,
@@ -285,22 +290,3 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
     rows = {key: evaluator.run(setting, scenes) for key, setting in chosen.items()}
     return EvalReport([rows[key] for key in settings], size, seed, guidance_scale)
 
-
-def format_table(report: EvalReport) -> str:
-    """A markdown table: one row per setting, accuracy per category and overall."""
-    def cell(value):
-        return "-" if value is None else f"{100 * value:.1f}%"
-
-    columns = [*CATEGORIES, "overall"]
-    lines = [
-        f"Shapes eval: {report.size} px, seed {report.seed}, guidance {report.guidance_scale:g}",
-        "",
-        "| setting | " + " | ".join(columns) + " | prompts | notes |",
-        "|---" * (len(columns) + 3) + "|",
-    ]
-    for row in report.rows:
-        extras = [f"{name}: {cell(value) if isinstance(value, float) else value}" for name, value in row.extra.items()]
-        notes = "; ".join(filter(None, [row.note, *extras]))
-        lines.append(f"| {row.label} | " + " | ".join(cell(row.accuracy[c]) for c in columns)
-                     + f" | {row.prompts} | {notes} |")
-    return "\n".join(lines)

@@ -6,7 +6,7 @@ Accepted sources:
 - a single ``.safetensors`` file written by :func:`save_model` (its metadata carries kind and config);
 - a single ``.safetensors`` file with a ``config.json`` beside it, or with no config at all (then the
   config is inferred from the tensor shapes by the model class);
-- open-muse key names in any of these (renamed on load by the model class).
+- open-muse key and config names in any of these (renamed on load, see ``convert.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from ..models.base import MuseModel
 from ..models.layers import set_attention_backend
+from .convert import convert_config, convert_state_dict
 from .dtypes import check_dtype
 from .errors import CheckpointError
 from .files import find_weight_files, parse_json, read_config, read_metadata, read_state_dict
@@ -55,12 +56,12 @@ def load_model(
     source = str(files[0] if len(files) == 1 else path)
     state_dict = read_state_dict(files)
     check_kind(state_dict, (model_cls.kind,), DESCRIPTIONS.get(model_cls.kind, model_cls.__name__), source)
-    state_dict = model_cls.convert_state_dict(state_dict)
+    state_dict = convert_state_dict(model_cls.kind, state_dict)
     if config_dict is None:
         config = _infer_config(model_cls, state_dict, source)
     else:
         try:
-            config = model_cls.config_class.from_dict(config_dict)
+            config = model_cls.config_class.from_dict(convert_config(model_cls.kind, config_dict))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: config does not describe a {model_cls.__name__} ({exc}).") from exc
     with torch.device("meta"):

@@ -1,15 +1,16 @@
 """What every Muse model shares: a dataclass config and the hooks the loader calls.
 
 A model class declares ``kind`` (the name stored in our single-file checkpoints), ``config_class``,
-and may override ``convert_state_dict`` (foreign key layouts -> ours) and ``infer_config`` (a config
-from tensor shapes, for files that carry none). The loader builds the model on the meta device from
-the config and fills it from the file; see ``muse_core.loading``.
+and may override ``infer_config`` (a config from tensor shapes, for files that carry none). The loader
+renames foreign checkpoints (open-muse) to our names first (``muse_core.loading.convert``), then builds
+the model on the meta device from the config and fills it from the file; see ``muse_core.loading``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -49,11 +50,6 @@ class MuseModel(nn.Module):
         self.config = config
 
     @classmethod
-    def convert_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename foreign checkpoint keys (e.g. open-muse) to this model's names. Default: unchanged."""
-        return state_dict
-
-    @classmethod
     def infer_config(cls, shapes: Mapping[str, torch.Size]) -> ModelConfig:
         """Derive a config from tensor names and shapes, for checkpoints without a config."""
         raise ValueError(f"{cls.__name__} cannot infer its config from tensor shapes; provide a config.json.")
@@ -65,3 +61,9 @@ class MuseModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def count_children(shapes: Mapping[str, torch.Size], prefix: str) -> int:
+    """How many numbered children ``prefix.0``, ``prefix.1``, ... the tensor names mention (for ``infer_config``)."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return 1 + max((int(m[1]) for name in shapes if (m := pattern.match(name))), default=-1)

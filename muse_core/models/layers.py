@@ -54,7 +54,7 @@ class AdaptiveNorm(nn.Module):
         self.norm = norm
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)
+        scale, shift = self.linear(F.silu(cond).to(x.dtype)).chunk(2, dim=1)  # [B, dim] each, for x [B, L, dim]
         return self.norm(x) * (1 + scale)[:, None, :] + shift[:, None, :]
 
 
@@ -111,7 +111,7 @@ class FeedForward(nn.Module):
 
 
 def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[cos, sin] features of scalars (diffusers' timestep embedding with flip_sin_to_cos, no shift)."""
+    """[cos, sin] features of scalars ``[N]`` -> ``[N, dim]`` (diffusers' timestep embedding, flip_sin_to_cos, no shift)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
     angles = values.float()[:, None] * freqs[None, :]

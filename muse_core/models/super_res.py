@@ -18,9 +18,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .base import ModelConfig, MuseModel
+from .base import ModelConfig, MuseModel, count_children
 from .layers import Attention, FeedForward, RMSNorm, grid_positions
-from .uvit import HEAD_DIM, MaskedTokenUViT, TextContext, UViTConfig, _count
+from .micro_conds import AESTHETIC_SCORE
+from .uvit import HEAD_DIM, MaskedTokenUViT, TextContext, UViTConfig
 
 
 @dataclasses.dataclass
@@ -91,7 +92,7 @@ class SuperResTransformer(MuseModel):
     def codebook_size(self) -> int:
         return self.transformer.codebook_size
 
-    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = 6.0) -> torch.Tensor:
+    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
         return self.transformer.default_micro_conds(height, width, batch, aesthetic)
 
     def encode_lowres(self, lowres_ids: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,7 @@ class SuperResTransformer(MuseModel):
                 f"low-res ids must lie in [0, {self.config.lowres_codebook_size}); masked or foreign ids were given."
             )
         _, height, width = lowres_ids.shape
-        x = self.lowres_embed(lowres_ids.flatten(1))
+        x = self.lowres_embed(lowres_ids.flatten(1))  # [B, h*w, lowres_hidden_size]
         x = x + grid_positions(height, width, x.shape[-1], x.device).to(x.dtype)
         for layer in self.lowres_layers:
             x = layer(x)
@@ -116,7 +117,7 @@ class SuperResTransformer(MuseModel):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> TextContext:
         """The high-res transformer's :class:`TextContext`, over the text followed by the low-res context."""
-        context = torch.cat([encoder_hidden_states, lowres_context.to(encoder_hidden_states.dtype)], dim=1)
+        context = torch.cat([encoder_hidden_states, lowres_context.to(encoder_hidden_states.dtype)], dim=1)  # [B, L + h*w, D]
         mask = None
         if encoder_attention_mask is not None:
             lowres_visible = encoder_attention_mask.new_ones(lowres_context.shape[:2])
@@ -149,7 +150,7 @@ class SuperResTransformer(MuseModel):
         return SuperResConfig(
             lowres_codebook_size=codebook,
             lowres_hidden_size=hidden,
-            lowres_num_layers=_count(shapes, r"lowres_layers\.(\d+)\."),
+            lowres_num_layers=count_children(shapes, "lowres_layers"),
             lowres_num_heads=max(1, hidden // HEAD_DIM),
             lowres_intermediate_size=inner,
             transformer=MaskedTokenUViT.infer_config(transformer_shapes),

@@ -4,14 +4,13 @@ Token ids -> embedding -> [ConvNeXt + text cross-attention] x N at (optionally 2
 resolution -> adaptive-norm transformer layers -> [ConvNeXt + cross-attention] x N -> logits over the
 codebook. Conditioning: text hidden states (cross-attention context) and a vector ``c`` made from the
 pooled text embedding and sinusoidal micro-conditions (width, height, crop top, crop left, aesthetic
-score), which modulates every ConvNeXt block and adaptive norm. There are no positional embeddings:
+score: ``micro_conds.py``), which modulates every ConvNeXt block and adaptive norm. There are no positional embeddings:
 the depthwise convolutions give the transformer its sense of position.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import ModelConfig, MuseModel
+from .base import ModelConfig, MuseModel, count_children
 from .layers import (
     AdaptiveNorm,
     Attention,
@@ -29,6 +28,7 @@ from .layers import (
     grid_positions,
     sinusoidal_embedding,
 )
+from .micro_conds import AESTHETIC_SCORE, MICRO_CONDS, micro_conditions
 
 HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
 
@@ -62,15 +62,6 @@ class UViTConfig(ModelConfig):
     # Not in aMUSEd (None): "sincos" adds fixed 2-D positions to the token grid and to the transformer's input,
     # which a super-res model needs to find the low-res token under each high-res one.
     position_embedding_type: str | None = None
-
-    @classmethod
-    def from_dict(cls, values: Mapping):
-        values = dict(values)
-        if "force_down_up_sample" in values:  # open-muse's MaskGiTUViT config names
-            values["downsample"] = values["upsample"] = values.pop("force_down_up_sample")
-        if isinstance(values.get("block_out_channels"), (list, tuple)):
-            values["block_out_channels"] = values["block_out_channels"][0]
-        return super().from_dict(values)
 
     def __post_init__(self):
         if self.position_embedding_type not in (None, "sincos"):
@@ -126,7 +117,7 @@ class ConvNextBlock(nn.Module):
         h = self.channelwise_linear_1(self.norm(h))
         h = self.channelwise_linear_2(self.channelwise_norm(F.gelu(h)))
         x = x + rearrange(self.channelwise_dropout(h), "b h w c -> b c h w")
-        scale, shift = self.cond_embeds_mapper(F.silu(cond)).chunk(2, dim=1)
+        scale, shift = self.cond_embeds_mapper(F.silu(cond)).chunk(2, dim=1)  # [B, C] each
         return x * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
 
@@ -147,7 +138,7 @@ class CrossAttentionBlock(nn.Module):
             context = self.kv_mapper(F.silu(context))
         return {self.attn1: self.attn1.key_value(context), self.attn2: self.attn2.key_value(context)}
 
-    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:  # x: [B, h*w, C]
         x = x + self.attn1(self.norm1(x), context_mask=text.mask, key_value=text.keys_values[self.attn1])
         return x + self.attn2(self.norm2(x), context_mask=text.mask, key_value=text.keys_values[self.attn2])
 
@@ -284,13 +275,14 @@ class MaskedTokenUViT(MuseModel):
     def codebook_size(self) -> int:
         return self.config.codebook_size
 
-    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = 6.0) -> torch.Tensor:
-        """aMUSEd's micro-conditioning for an image of the given pixel size: [w, h, crop_top, crop_left, aesthetic]."""
-        return torch.tensor([[width, height, 0, 0, aesthetic]], dtype=torch.float32).repeat(batch, 1)
+    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
+        """Uncropped micro-conditions ``[B, 5]`` for images of the given pixel size (``micro_conds.micro_conditions``)."""
+        return micro_conditions(height, width, batch, aesthetic)
 
     def embed_conditions(self, pooled_text_emb: torch.Tensor, micro_conds: torch.Tensor) -> torch.Tensor:
         """The conditioning vector ``c``: cond_embed([pooled text, sinusoidal(micro_conds)])."""
         batch = pooled_text_emb.shape[0]
+        # micro_conds [B, 5] -> [B, 5 * micro_cond_encode_dim], each value's features side by side
         micro = sinusoidal_embedding(micro_conds.flatten(), self.config.micro_cond_encode_dim).reshape(batch, -1)
         return self.cond_embed(torch.cat([pooled_text_emb, micro], dim=1).to(self.dtype))
 
@@ -302,7 +294,7 @@ class MaskedTokenUViT(MuseModel):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> TextContext:
         """Everything the steps of one generation share; give it to :meth:`forward_with_text` at every step."""
-        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(self.dtype)))
+        context = self.encoder_proj_layer_norm(self.encoder_proj(encoder_hidden_states.to(self.dtype)))  # [B, L, hidden]
         cond = self.embed_conditions(pooled_text_emb, micro_conds).to(context.dtype)
         keys_values = {layer.attn2: layer.attn2.key_value(context) for layer in self.transformer_layers}
         for block in (self.down_block, self.up_block):
@@ -329,7 +321,7 @@ class MaskedTokenUViT(MuseModel):
             x = x + rearrange(grid_positions(h, w, c, x.device).to(x.dtype), "(h w) c -> c h w", h=h)
         x = self.down_block(x, text)
         h, w = x.shape[-2:]
-        x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))
+        x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))  # [B, h*w, hidden]
         if self.config.position_embedding_type:
             x = x + grid_positions(h, w, x.shape[-1], x.device).to(x.dtype)
         for layer in self.transformer_layers:
@@ -339,23 +331,18 @@ class MaskedTokenUViT(MuseModel):
         return self.mlm_layer(x)
 
     @classmethod
-    def convert_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not any(_OPEN_MUSE_MARKER.search(k) for k in state_dict):
-            return state_dict
-        return convert_open_muse_state_dict(state_dict)
-
-    @classmethod
     def infer_config(cls, shapes: Mapping[str, torch.Size]) -> UViTConfig:
         """Sizes come from the tensors; head counts assume 64-wide heads, micro-conds aMUSEd's 5 x 256."""
         hidden, encoder_hidden = shapes["encoder_proj.weight"]
         vocab, in_channels = shapes["embed.embeddings.weight"]
         channels = shapes["embed.conv.weight"][0]
         micro_encode = UViTConfig.micro_cond_encode_dim
-        micro_embed = 5 * micro_encode
+        micro_embed = len(MICRO_CONDS) * micro_encode
         cond_embed_dim = shapes["cond_embed.linear_1.weight"][1] - micro_embed
         if cond_embed_dim <= 0:
             raise ValueError(
-                "the micro-conditioning sizes differ from aMUSEd's (5 x 256) and cannot be read off the tensors"
+                f"the micro-conditioning sizes differ from aMUSEd's ({len(MICRO_CONDS)} x {micro_encode}) "
+                "and cannot be read off the tensors"
             )
         return UViTConfig(
             hidden_size=hidden,
@@ -368,63 +355,21 @@ class MaskedTokenUViT(MuseModel):
             codebook_size=shapes["mlm_layer.conv2.weight"][0],
             in_channels=in_channels,
             block_out_channels=channels,
-            num_res_blocks=_count(shapes, r"down_block\.res_blocks\.(\d+)\."),
+            num_res_blocks=count_children(shapes, "down_block.res_blocks"),
             downsample="down_block.downsample.conv.weight" in shapes,
             upsample="up_block.upsample.conv.weight" in shapes,
             block_num_heads=max(1, channels // HEAD_DIM),
-            num_hidden_layers=_count(shapes, r"transformer_layers\.(\d+)\."),
+            num_hidden_layers=count_children(shapes, "transformer_layers"),
             num_attention_heads=max(1, hidden // HEAD_DIM),
             intermediate_size=shapes["transformer_layers.0.ff.net.2.weight"][1],
             ln_elementwise_affine="encoder_proj_layer_norm.weight" in shapes,
         )
 
 
-def _count(shapes: Mapping[str, torch.Size], pattern: str) -> int:
-    found = {int(m.group(1)) for k in shapes if (m := re.match(pattern, k))}
-    return max(found) + 1 if found else 0
+def __getattr__(name: str):
+    # Moved to the loader's conversion module; importable from here for older imports only.
+    if name == "convert_open_muse_state_dict":
+        from ..loading.convert import convert_open_muse_state_dict  # noqa: PLC0415  (the model does not need the loader)
 
-
-# open-muse (MaskGiTUViT) -> diffusers names; the same renaming as diffusers' scripts/convert_amused.py.
-_OPEN_MUSE_MARKER = re.compile(r"(\.attention\.query\.|^cond_embed\.0\.|\.ffn\.wi_0\.)")
-_OPEN_MUSE_RENAMES = [  # applied in order, each at most once per key
-    (r"^cond_embed\.0\.", "cond_embed.linear_1."),
-    (r"^cond_embed\.2\.", "cond_embed.linear_2."),
-    (r"^(down|up)_blocks\.0\.", r"\1_block."),
-    (r"^(transformer_layers\.\d+)\.attn_layer_norm\.", r"\1.norm1.norm."),
-    (r"^(transformer_layers\.\d+)\.self_attn_adaLN_modulation\.mapper\.", r"\1.norm1.linear."),
-    (r"^(transformer_layers\.\d+)\.crossattn_layer_norm\.", r"\1.norm2.norm."),
-    (r"^(transformer_layers\.\d+)\.cross_attn_adaLN_modulation\.mapper\.", r"\1.norm2.linear."),
-    (r"^(transformer_layers\.\d+)\.ffn\.pre_mlp_layer_norm\.", r"\1.norm3.norm."),
-    (r"^(transformer_layers\.\d+)\.ffn\.adaLN_modulation\.mapper\.", r"\1.norm3.linear."),
-    (r"\.ffn\.wo\.", ".ff.net.2."),
-    (r"\.attn_layer_norm\.", ".norm1."),
-    (r"\.crossattn_layer_norm\.", ".norm2."),
-    (r"\.attention\.(query|key|value|out)\.", lambda m: f".attn1.{_QKV[m.group(1)]}."),
-    (r"\.crossattention\.(query|key|value|out)\.", lambda m: f".attn2.{_QKV[m.group(1)]}."),
-    (r"\.norm\.norm\.", ".norm."),
-    (r"\.channelwise\.0\.", ".channelwise_linear_1."),
-    (r"\.channelwise\.2\.", ".channelwise_norm."),
-    (r"\.channelwise\.4\.", ".channelwise_linear_2."),
-    (r"\.adaLN_modulation\.mapper\.", ".cond_embeds_mapper."),
-    (r"\.(downsample|upsample)\.0\.norm\.", r".\1.norm."),
-    (r"\.(downsample|upsample)\.1\.", r".\1.conv."),
-    (r"^mlm_layer\.layer_norm\.norm\.", "mlm_layer.layer_norm."),
-]
-_QKV = {"query": "to_q", "key": "to_k", "value": "to_v", "out": "to_out.0"}
-
-
-def convert_open_muse_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an open-muse ``MaskGiTUViT`` state dict to diffusers ``UVit2DModel`` names."""
-    converted: dict[str, torch.Tensor] = {}
-    gate_halves: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state_dict.items():
-        if m := re.match(r"^(transformer_layers\.\d+)\.ffn\.(wi_[01])\.weight$", key):
-            gate_halves.setdefault(m.group(1), {})[m.group(2)] = tensor
-            continue
-        for pattern, replacement in _OPEN_MUSE_RENAMES:
-            key = re.sub(pattern, replacement, key, count=1)
-        converted[key] = tensor
-    for layer, halves in gate_halves.items():
-        # diffusers' GEGLU computes value * gelu(gate) from one projection: value rows (wi_1) come first.
-        converted[f"{layer}.ff.net.0.proj.weight"] = torch.cat([halves["wi_1"], halves["wi_0"]], dim=0)
-    return converted
+        return convert_open_muse_state_dict
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ aMUSEd's VQ gives NaNs when decoded in fp16 (its ``force_upcast``).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..attention import attention
 from ..limits import check_pixels
-from .base import ModelConfig, MuseModel
+from .base import ModelConfig, MuseModel, count_children
 
 # diffusers' ACT2CLS, as functions
 _ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "mish": F.mish, "gelu": F.gelu, "relu": F.relu}
@@ -303,9 +302,9 @@ class VQTokenizer(MuseModel):
         """[B,C,H,W] float images in [0,1] (not [-1,1]) -> [B,H/f,W/f] long ids; fp32 unless ``upcast=False``."""
         self._check_images(images)
         x = images.to(device=self.device, dtype=self._compute_dtype(upcast))
-        z = self.quant_conv(self.encoder(x))
+        z = self.quant_conv(self.encoder(x))  # [B, embed_dim, H/f, W/f]
         batch, _, height, width = z.shape
-        codebook = self.quantize.embedding.weight.to(z.dtype)
+        codebook = self.quantize.embedding.weight.to(z.dtype)  # [codes, embed_dim]
         # Exactly diffusers' VectorQuantizer call, so ties and rounding pick the same ids: cdist on the whole
         # flattened batch (its matmul form, ||z||^2 - 2 z.e + ||e||^2, then sqrt). The [N, codes] distance
         # matrix is far smaller than the encoder's full-resolution activations, so it never sets the peak.
@@ -353,8 +352,8 @@ class VQTokenizer(MuseModel):
         (the same model). ``lookup_from_codebook``/``force_upcast`` are set as aMUSEd sets them.
         """
         try:
-            blocks = _count(shapes, "encoder.down_blocks")
-            layers = _count(shapes, "encoder.down_blocks.0.resnets")
+            blocks = count_children(shapes, "encoder.down_blocks")
+            layers = count_children(shapes, "encoder.down_blocks.0.resnets")
             channels = tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(blocks))
             in_channels, out_channels = shapes["encoder.conv_in.weight"][1], shapes["decoder.conv_out.weight"][0]
             latent, embed_dim = shapes["encoder.conv_out.weight"][0], shapes["quant_conv.weight"][0]
@@ -378,8 +377,3 @@ class VQTokenizer(MuseModel):
             force_upcast=True,
         )
 
-
-def _count(shapes: Mapping[str, torch.Size], prefix: str) -> int:
-    """How many numbered children ``prefix.0``, ``prefix.1``, ... the tensor names mention."""
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    return 1 + max((int(m[1]) for name in shapes if (m := pattern.match(name))), default=-1)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..geometry import check_codebooks
 from ..limits import check_image_count, check_number, check_side
+from ..models import micro_conds
 from ..text.conditioning import EncodedPrompts, TextConditioning
 from .sampler import GuidedModel, SamplingOptions, StepCallback, decode
 from .schedules import masked_fraction
@@ -69,8 +70,8 @@ def token_grid(height: int, width: int, factor: int) -> tuple[int, int]:
 
 
 def micro_conditions(height: int, width: int, batch: int, options: SamplingOptions) -> torch.Tensor:
-    top, left = options.crop_coords
-    return torch.tensor([[width, height, top, left, options.aesthetic_score]], dtype=torch.float32).repeat(batch, 1)
+    """The micro-conditions ``[B, 5]`` that ``options`` give images of ``height`` x ``width`` pixels."""
+    return micro_conds.micro_conditions(height, width, batch, options.aesthetic_score, options.crop_coords)
 
 
 def generate(model, text_encoder, prompts, *, height: int, width: int, downsample_factor: int,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from ..limits import MAX_STEPS, MAX_TOKENS_PER_SIDE, MAX_VQ_FACTOR, check_int, check_number, check_seed
+from ..models.micro_conds import AESTHETIC_SCORE, CROP_COORDS
 from ..text.conditioning import TextConditioning
 from .schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES, guidance_at, masked_fraction, temperatures
 
@@ -40,8 +41,8 @@ class SamplingOptions:
     # often, which removes stray one-token specks on small models (README, "Evaluation").
     token_temperature: float = 1.0
     seed: int = 0
-    aesthetic_score: float = 6.0
-    crop_coords: tuple[int, int] = (0, 0)
+    aesthetic_score: float = AESTHETIC_SCORE  # micro-conditioning (muse_core.models.micro_conds)
+    crop_coords: tuple[int, int] = CROP_COORDS  # (top, left)
 
     def __post_init__(self):
         check_int("steps", self.steps, 1, MAX_STEPS)
@@ -101,7 +102,7 @@ class GuidedModel:
         text = cond if uncond is None else TextConditioning.cat([uncond, cond])
         text = text.to(device=model.device, dtype=model.dtype)
         repeats = 1 if uncond is None else 2
-        micro_conds = micro_conds.to(model.device, text.hidden_states.dtype).repeat(repeats, 1)
+        micro_conds = micro_conds.to(model.device, text.hidden_states.dtype).repeat(repeats, 1)  # [repeats * B, 5]
         extra = () if lowres_context is None else (lowres_context.repeat(repeats, 1, 1),)
         with torch.no_grad():  # the text is the same at every step: project it and its keys/values once
             self.text_context = model.text_context(*extra, text.hidden_states, text.pooled, micro_conds,
@@ -110,6 +111,7 @@ class GuidedModel:
 
     @torch.no_grad()
     def __call__(self, ids: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """``ids [B, h, w]`` -> guided float32 logits ``[B, K, h, w]``."""
         model_ids = torch.cat([ids, ids]) if self.guided else ids
         logits = self.model.forward_with_text(model_ids, self.text_context)
         if not self.guided:
@@ -134,7 +136,7 @@ def unmask_step(
 
     Tokens are sampled from softmax(logits / token_temperature) and ranked by their probability under it."""
     batch, _, height, width = logits.shape
-    tokens = ids.reshape(batch, -1)
+    tokens = ids.reshape(batch, -1)  # [B, L], L = h*w
     probs = (logits / token_temperature).reshape(batch, logits.shape[1], -1).permute(0, 2, 1).softmax(dim=-1)  # [B, L, K]
     unknown = tokens == mask_token_id
     sampled = torch.stack([torch.multinomial(p, 1, generator=g)[:, 0] for p, g in zip(probs, generators)])
@@ -142,17 +144,17 @@ def unmask_step(
     if step == num_steps - 1:
         return predicted.reshape(batch, height, width)
 
-    fraction = masked_fraction(mask_schedule, step + 1, num_steps).to(probs.device) * starting_mask_ratio
+    fraction = masked_fraction(mask_schedule, step + 1, num_steps).to(probs.device) * starting_mask_ratio  # [1, 1] or [B, 1]
     remask = (tokens.shape[1] * fraction).floor()
-    remask = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, remask)
+    remask = torch.min(unknown.sum(dim=-1, keepdim=True) - 1, remask)  # [B, 1]: how many tokens to re-mask
     remask = torch.max(torch.tensor([1], device=probs.device), remask)
 
-    chosen = torch.gather(probs, -1, predicted[:, :, None])[:, :, 0]
+    chosen = torch.gather(probs, -1, predicted[:, :, None])[:, :, 0]  # [B, L]: probability of each predicted token
     chosen = torch.where(unknown, chosen, torch.finfo(chosen.dtype).max)  # known tokens are kept
     uniform = torch.cat([torch.zeros_like(row[None]).uniform_(0, 1, generator=g) for row, g in zip(chosen, generators)])
     gumbel = -torch.log((-torch.log(uniform.clamp(1e-20))).clamp(1e-20))
     confidence = torch.log(chosen.clamp(1e-20)) + temperature * gumbel
-    cut_off = torch.gather(torch.sort(confidence, dim=-1).values, 1, remask.long())
+    cut_off = torch.gather(torch.sort(confidence, dim=-1).values, 1, remask.long())  # [B, 1]
     next_ids = torch.where(confidence < cut_off, mask_token_id, predicted)
     return next_ids.reshape(batch, height, width)
 
@@ -168,7 +170,7 @@ def decode(
 ) -> torch.Tensor:
     """Run steps ``start_step .. options.steps - 1`` from ``ids`` (mask tokens where unknown)."""
     generators = generators_for(options.seed, ids.shape[0], ids.device)
-    temps = temperatures(options.temperature, options.steps).to(ids.device)
+    temps = temperatures(options.temperature, options.steps).to(ids.device)  # [steps]
     for step in range(start_step, options.steps):
         scale = guidance_at(options.guidance_scale, options.guidance_schedule, step, options.steps)
         logits = guided_model(ids, scale)

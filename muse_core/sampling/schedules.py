@@ -20,7 +20,7 @@ GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
 def masked_fraction(schedule: str, steps_done: int, num_steps: int) -> torch.Tensor:
-    """Fraction of tokens still masked after ``steps_done`` of ``num_steps`` (a float32 tensor)."""
+    """Fraction of tokens still masked after ``steps_done`` of ``num_steps`` (a float32 tensor ``[1, 1]``)."""
     # Same float32 arithmetic as diffusers' AmusedScheduler, so mask counts match it exactly.
     ratio = torch.tensor([[steps_done]]) / num_steps
     return MASK_SCHEDULES[schedule](ratio)

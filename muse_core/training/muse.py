@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..loading import save_model
+from ..models.micro_conds import AESTHETIC_SCORE
 from .text_encoder import save_t5_encoder
 
 
@@ -51,7 +52,7 @@ class MaskedTokenObjective(nn.Module):
     """
 
     def __init__(self, model: nn.Module, text_encoder: nn.Module, image_size: int, train_text_encoder: bool,
-                 label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = 6.0,
+                 label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = AESTHETIC_SCORE,
                  text_encoder_lr_scale: float = 1.0):
         super().__init__()
         self.model = model
