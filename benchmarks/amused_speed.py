@@ -238,7 +238,8 @@ def benchmark(config: str, dtype: str, batch: int, repeats: int, device: str, wo
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | batch | dtype | ours (s) | diffusers (s) | diffusers / ours | ids identical | peak mem ours / diffusers (GiB) | ours TFLOP/s (% of peak) |",
+    lines = ["| config | batch | dtype | ours (s) | diffusers (s) | diffusers / ours | ids identical "
+             "| peak mem ours / diffusers (GiB) | ours TFLOP/s (% of peak) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         identical = {True: "yes", False: "NO", None: "n/a (batch RNG)"}[r["ids_identical"]] if r["dtype"] == "fp32" else "n/a (bf16)"

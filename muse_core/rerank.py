@@ -6,7 +6,7 @@ the way CLIPImageProcessor does: bicubic antialiased resize of the short side to
 ``image_size``, center crop, normalisation with CLIP's mean/std.
 
 Images are ``[B,3,H,W]`` floats in [0,1]. ComfyUI's IMAGE tensors are channels-last ``[B,H,W,3]``:
-convert them with :func:`images_from_comfy` first.
+convert them first, e.g. ``images.movedim(-1, 1)``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,6 @@ class RerankResult:
     scores: torch.Tensor  # [B] float32 cosine similarities, in input order
     order: torch.Tensor  # [B] long, image indices best-first (ties: lower index first)
     best_index: int
-
-
-def images_from_comfy(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE ``[B,H,W,C]`` -> ``[B,C,H,W]`` as the scorer expects."""
-    return images.movedim(-1, 1)
 
 
 class ClipScorer:
@@ -101,7 +96,8 @@ class ClipScorer:
 
 def _check_images(images) -> None:
     if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] != 3):
-        hint = " (channels-last ComfyUI IMAGE? convert it with images_from_comfy)" if images.shape[-1:] == (3,) else ""
+        channels_last = images.shape[-1:] == (3,)
+        hint = " (channels-last ComfyUI IMAGE? convert it to [B,3,H,W], e.g. images.movedim(-1, 1))" if channels_last else ""
         raise ValueError(f"images must be [B,3,H,W]; got shape {list(images.shape)}{hint}.")
     check_pixels("the images to score", images)
 

@@ -1,39 +1,88 @@
+"""Fixtures shared by several test modules. Their configs and builders are in helpers.py.
+
+diffusers and transformers are test-only references: a fixture that needs one skips its tests without it
+(pytest.importorskip), so the modules that need neither still run.
+"""
+
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
-# Small U-ViT configs in diffusers' field names. "amused-like" keeps aMUSEd's 64-wide heads and
-# 5 x 256 micro-conditioning so its config can also be inferred from tensor shapes.
-TINY_UVIT = dict(
-    hidden_size=64, cond_embed_dim=40, micro_cond_encode_dim=8, micro_cond_embed_dim=40, encoder_hidden_size=48,
-    vocab_size=40, codebook_size=32, in_channels=24, block_out_channels=32, num_res_blocks=2, block_num_heads=2,
-    num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, sample_size=8,
-)
-AMUSED_LIKE_UVIT = dict(
-    hidden_size=128, cond_embed_dim=32, micro_cond_encode_dim=256, micro_cond_embed_dim=1280, encoder_hidden_size=48,
-    vocab_size=72, codebook_size=64, in_channels=32, block_out_channels=64, num_res_blocks=1, block_num_heads=1,
-    num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, sample_size=8,
-)
-AMUSED_256 = dict(
-    hidden_size=1024, use_bias=False, cond_embed_dim=768, micro_cond_encode_dim=256, micro_cond_embed_dim=1280,
-    encoder_hidden_size=768, vocab_size=8256, codebook_size=8192, in_channels=768, block_out_channels=768,
-    num_res_blocks=3, downsample=False, upsample=False, block_num_heads=12, num_hidden_layers=22,
-    num_attention_heads=16, intermediate_size=2816, layer_norm_eps=1e-6, sample_size=16,
-)
-AMUSED_512 = {**AMUSED_256, "downsample": True, "upsample": True, "sample_size": 32}
-
-
-def uvit_inputs(cfg: dict, batch: int = 2, grid: int = 8, text_len: int = 7, seed: int = 1):
-    """Random ids (including mask tokens), text states, pooled vector and micro-conds for a U-ViT config."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg["vocab_size"], (batch, grid, grid), generator=g)
-    ids[:, ::2, ::3] = cfg["vocab_size"] - 1
-    hidden = torch.randn(batch, text_len, cfg["encoder_hidden_size"], generator=g)
-    pooled = torch.randn(batch, cfg["cond_embed_dim"], generator=g)
-    micro = torch.tensor([[256.0, 256, 0, 0, 6]]).repeat(batch, 1)
-    micro[-1] = torch.tensor([512.0, 384, 3, 1, 5.5])
-    return ids, hidden, pooled, micro
+from .helpers import CLIP_LENGTH, PIPE_UVIT, RERANKER_IMAGE_SIZE, TINY_UVIT, TINY_VQ, write_clip_tokenizer
+from .reference import randomize_
 
 
 @pytest.fixture
 def tiny_uvit_config():
     return dict(TINY_UVIT)
+
+
+@pytest.fixture(scope="module")
+def clip_text_setup(tmp_path_factory):
+    """A tiny CLIPTextModelWithProjection: (reference model, tokenizer, {layout: (path, tokenizer_path)})."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("clip")
+    config = transformers.CLIPTextConfig(
+        vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
+        max_position_embeddings=CLIP_LENGTH, projection_dim=48, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # 64-wide heads so the single-file path can infer the head count
+    torch.manual_seed(0)
+    model = randomize_(transformers.CLIPTextModelWithProjection(config), seed=0, std=0.1).eval()
+    tokenizer_dir = write_clip_tokenizer(root / "clip_tokenizer")
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
+
+    model.save_pretrained(root / "folder")
+    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
+    model.save_pretrained(root / "pipeline" / "text_encoder")
+    shutil.copytree(tokenizer_dir, root / "pipeline" / "tokenizer")
+    single = root / "text_encoders" / "clip_l.safetensors"  # as in ComfyUI: no config, extra keys to ignore
+    single.parent.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["logit_scale"] = torch.tensor(4.6)
+    state["text_model.embeddings.position_ids"] = torch.arange(CLIP_LENGTH)[None]
+    save_file(state, str(single))
+    layouts = {
+        "folder": (root / "folder", None),
+        "pipeline": (root / "pipeline", None),
+        "single_file": (single, tokenizer_dir),
+    }
+    return model, tokenizer, layouts
+
+
+@pytest.fixture(scope="module")
+def clip_reranker_setup(tmp_path_factory):
+    """A tiny full CLIPModel (both towers) for the reranker: (reference model, tokenizer, model folder,
+    tokenizer folder)."""
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("clip_scorer")
+    text = dict(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=CLIP_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=RERANKER_IMAGE_SIZE, patch_size=8,
+    )
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    model = randomize_(transformers.CLIPModel(config), seed=0, std=0.1).eval()
+    tokenizer_dir = write_clip_tokenizer(root / "tokenizer")
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    model.save_pretrained(root / "folder", safe_serialization=True)
+    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
+    return model, tokenizer, root / "folder", tokenizer_dir
+
+
+@pytest.fixture
+def amused_folder(tmp_path, clip_text_setup):
+    """A tiny random aMUSEd-layout folder (transformer/, vqvae/, text_encoder/, tokenizer/; VQ factor 2):
+    (folder, reference UVit2DModel, reference CLIP text model, tokenizer)."""
+    diffusers = pytest.importorskip("diffusers")
+    clip_model, tokenizer, layouts = clip_text_setup
+    transformer = randomize_(diffusers.UVit2DModel(**PIPE_UVIT)).eval()
+    transformer.save_pretrained(tmp_path / "transformer")
+    vq = randomize_(diffusers.VQModel(**TINY_VQ), seed=1).eval()
+    vq.save_pretrained(tmp_path / "vqvae")
+    shutil.copytree(layouts["pipeline"][0], tmp_path, dirs_exist_ok=True)  # text_encoder/ + tokenizer/
+    return tmp_path, transformer, clip_model, tokenizer

@@ -20,3 +20,13 @@ def randomize_(module: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
 def relative_max_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| relative to the reference's largest magnitude."""
     return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+def clip_reference(model, tokenizer, prompts):
+    """diffusers' AmusedPipeline text conditioning: ``hidden_states[-2]`` and ``text_embeds`` of a
+    CLIPTextModelWithProjection, on ids padded to the tokenizer's max length."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        outputs = model(ids, return_dict=True, output_hidden_states=True)
+    return outputs.hidden_states[-2], outputs.text_embeds

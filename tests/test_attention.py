@@ -5,7 +5,7 @@ from muse_core.attention import attention, check_backend, xformers_available
 from muse_core.models.layers import set_attention_backend
 from muse_core.models.uvit import MaskedTokenUViT, UViTConfig
 
-from .conftest import TINY_UVIT, uvit_inputs
+from .helpers import TINY_UVIT, uvit_inputs
 from .reference import randomize_
 
 AVAILABLE = ["math", "sdpa"] + (["xformers"] if xformers_available() else [])

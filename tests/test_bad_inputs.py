@@ -21,14 +21,11 @@ from muse_core.output import OutputError, atomic_output
 from muse_core.pipeline import load_pipeline
 from muse_core.sampling import SamplingOptions, generate, img2img
 
-from .test_pipeline import amused_folder  # noqa: F401  (fixture)
-from .test_text_encoders import clip_setup  # noqa: F401  (fixture)
-
 NAN, INF = math.nan, math.inf
 
 
 @pytest.fixture
-def pipe(amused_folder):  # noqa: F811
+def pipe(amused_folder):
     return load_pipeline(amused_folder[0])
 
 
@@ -68,7 +65,7 @@ def test_a_file_that_appears_meanwhile_is_not_replaced_without_overwrite(tmp_pat
     assert target.read_bytes() == b"appeared meanwhile" and len(list(tmp_path.iterdir())) == 1
 
 
-def test_file_size_limit_mid_save_keeps_the_overwritten_image(amused_folder, tmp_path):  # noqa: F811
+def test_file_size_limit_mid_save_keeps_the_overwritten_image(amused_folder, tmp_path):
     """A real failed write: RLIMIT_FSIZE makes the PNG encoder's write fail half-way (EFBIG)."""
     (tmp_path / "outputs").mkdir()
     target = tmp_path / "outputs" / "out.png"

@@ -12,8 +12,7 @@ import torch
 
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import load_pack
-from .test_nodes import decoding
+from .comfy_harness import decoding, load_pack
 
 OUTSIDE = "inside the model folders"
 

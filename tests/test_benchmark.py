@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from .conftest import TINY_UVIT
-from .test_pipeline import TINY_VQ
+from .helpers import TINY_UVIT, TINY_VQ
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

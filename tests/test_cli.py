@@ -10,24 +10,21 @@ from PIL import Image
 
 from muse_core import cli, save_model
 
-from .test_pipeline import PIPE_UVIT, amused_folder  # noqa: F401  (fixture)
-from .test_rerank import clip_setup as reranker_setup  # noqa: F401  (fixture; renamed: clip_setup below is another)
-from .test_super_res import tiny_super_res
-from .test_text_encoders import clip_setup  # noqa: F401  (fixture)
+from .helpers import PIPE_UVIT, tiny_super_res
 
 FAST = ["--steps", "2", "--quiet"]
 
 
 @pytest.fixture
-def model(amused_folder):  # noqa: F811
+def model(amused_folder):
     return amused_folder[0]
 
 
 @pytest.fixture
-def cascade(model, reranker_setup):  # noqa: F811
+def cascade(model, clip_reranker_setup):
     """The tiny folder plus a 2x super-res stage (16 -> 32 px, sharing the VQ) and a CLIP reranker."""
     save_model(tiny_super_res(uvit={**PIPE_UVIT, "sample_size": 16}), model / "super_res.safetensors")
-    shutil.copytree(reranker_setup[2], model / "reranker")
+    shutil.copytree(clip_reranker_setup[2], model / "reranker")
     return model
 
 

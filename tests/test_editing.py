@@ -5,14 +5,12 @@ import torch
 
 from muse_core import load_pipeline
 from muse_core.editing import edit_tokens, inpaint, mask_to_token_grid, outpaint, outpaint_canvas
+from muse_core.models.vq import VQConfig, VQTokenizer
 from muse_core.sampling import SamplingOptions
-
-from .test_pipeline import amused_folder  # noqa: F401  (fixture)
-from .test_text_encoders import clip_setup  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def pipe(amused_folder):  # noqa: F811
+def pipe(amused_folder):
     return load_pipeline(amused_folder[0])
 
 
@@ -87,8 +85,6 @@ def test_mask_free_editing(pipe):
 
 
 def test_transformer_and_vq_of_different_codebooks_are_refused(pipe):
-    from muse_core.models.vq import VQConfig, VQTokenizer
-
     other = VQTokenizer(VQConfig.from_dict({**pipe.vq.config.to_dict(), "num_vq_embeddings": 48}))
     with pytest.raises(ValueError, match="predicts 32 codes but the VQ has a codebook of 48"):
         inpaint(pipe.transformer, other, pipe.text_encoder, images(), torch.ones(16, 16), "x")

@@ -15,11 +15,8 @@ from muse_core.eval.run import SETTINGS, evaluate, format_table, object_mask
 from muse_core.pipeline import MusePipeline
 from muse_core.rerank import load_clip_scorer
 
+from .helpers import CLIP_LENGTH, PIPE_UVIT, area_downsample, tiny_super_res, write_clip_tokenizer
 from .reference import randomize_
-from .test_pipeline import PIPE_UVIT, amused_folder  # noqa: F401  (fixture)
-from .test_shapes import area_downsample
-from .test_super_res import tiny_super_res
-from .test_text_encoders import CLIP_LENGTH, clip_setup, write_clip_tokenizer  # noqa: F401  (fixture)
 
 
 def failures(scenes, images) -> list[str]:
@@ -66,7 +63,7 @@ def test_checker_fails_mismatched_scenes():
 
 
 @pytest.fixture
-def tiny_pipe(amused_folder):  # noqa: F811
+def tiny_pipe(amused_folder):
     """A random base model (VQ factor 2) plus a super-res stage that doubles its 8x8 native grid."""
     base = load_pipeline(amused_folder[0])
     super_res = tiny_super_res(uvit={**PIPE_UVIT, "sample_size": 16})

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from muse_core.loading import CheckpointError, load_model, save_model
 from muse_core.models.super_res import SuperResConfig, SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT, UViTConfig
 
-from .conftest import TINY_UVIT
+from .helpers import TINY_UVIT
 
 
 @pytest.fixture
@@ -53,8 +53,6 @@ def test_truncated_file_is_a_clear_error(tmp_path, uvit_file):
 
 
 def _resave(tmp_path, uvit_file, edit):
-    from safetensors.torch import load_file
-
     tensors = load_file(str(uvit_file))
     edit(tensors)
     out = tmp_path / "edited.safetensors"

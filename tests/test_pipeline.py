@@ -4,30 +4,12 @@ import shutil
 
 import pytest
 import torch
-from diffusers import UVit2DModel, VQModel
+from diffusers import VQModel
 
 from muse_core import CheckpointError, load_pipeline, save_model
 
-from .conftest import TINY_UVIT, uvit_inputs
-from .reference import randomize_
-from .test_text_encoders import CLIP_LENGTH, clip_reference, clip_setup  # noqa: F401  (fixture)
-
-TINY_VQ = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-               up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, norm_num_groups=8,
-               num_vq_embeddings=32, mid_block_add_attention=False, lookup_from_codebook=True, force_upcast=True)
-# Text widths of the tiny CLIP in test_text_encoders (hidden 128, projection 48).
-PIPE_UVIT = {**TINY_UVIT, "encoder_hidden_size": 128, "cond_embed_dim": 48}
-
-
-@pytest.fixture
-def amused_folder(tmp_path, clip_setup):  # noqa: F811
-    clip_model, _, layouts = clip_setup
-    transformer = randomize_(UVit2DModel(**PIPE_UVIT)).eval()
-    transformer.save_pretrained(tmp_path / "transformer")
-    vq = randomize_(VQModel(**TINY_VQ), seed=1).eval()
-    vq.save_pretrained(tmp_path / "vqvae")
-    shutil.copytree(layouts["pipeline"][0], tmp_path, dirs_exist_ok=True)  # text_encoder/ + tokenizer/
-    return tmp_path, transformer, clip_model, clip_setup[1]
+from .helpers import CLIP_LENGTH, PIPE_UVIT, TINY_UVIT, TINY_VQ, uvit_inputs
+from .reference import clip_reference, randomize_
 
 
 def test_pipeline_folder_matches_reference(amused_folder):

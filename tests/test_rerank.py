@@ -1,6 +1,6 @@
 """CLIP reranker against transformers' CLIPModel run directly, and preprocessing against PIL.
 
-A tiny seeded CLIPModel (both towers) and the tiny CLIP tokenizer of test_text_encoders are saved
+A tiny seeded CLIPModel (both towers) and the tiny CLIP tokenizer (conftest.clip_reranker_setup) are saved
 offline as a model folder and as a single .safetensors file, then loaded through load_clip_scorer.
 """
 
@@ -12,44 +12,25 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
-transformers = pytest.importorskip("transformers")
+from muse_core.loading import CheckpointError
+from muse_core.rerank import CLIP_MEAN, CLIP_STD, load_clip_scorer
 
-from muse_core.loading import CheckpointError  # noqa: E402
-from muse_core.rerank import CLIP_MEAN, CLIP_STD, images_from_comfy, load_clip_scorer  # noqa: E402
-from tests.reference import randomize_  # noqa: E402
-from tests.test_text_encoders import CLIP_LENGTH, write_clip_tokenizer  # noqa: E402
+from .comfy_harness import load_pack
+from .helpers import CLIP_LENGTH, RERANKER_IMAGE_SIZE
 
-IMAGE_SIZE = 32
+pytest.importorskip("transformers")  # the reference CLIPModel
+
+IMAGE_SIZE = RERANKER_IMAGE_SIZE
 TOLERANCE = 1e-5
 PROMPTS = ["a cat", "", "zebra crossing at night"]  # the last is truncated to CLIP_LENGTH tokens
 
 
 @pytest.fixture(scope="module")
-def clip_setup(tmp_path_factory):
-    """(reference CLIPModel, tokenizer, model folder, tokenizer folder)."""
-    root = tmp_path_factory.mktemp("clip_scorer")
-    text = dict(
-        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=CLIP_LENGTH, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )
-    vision = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8,
-    )
-    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
-    model = randomize_(transformers.CLIPModel(config), seed=0, std=0.1).eval()
-    tokenizer_dir = write_clip_tokenizer(root / "tokenizer")
-    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    model.save_pretrained(root / "folder", safe_serialization=True)
-    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
-    return model, tokenizer, root / "folder", tokenizer_dir
-
-
-@pytest.fixture(scope="module")
-def scorer(clip_setup):
-    return load_clip_scorer(clip_setup[2])
+def scorer(clip_reranker_setup):
+    return load_clip_scorer(clip_reranker_setup[2])
 
 
 def random_images(batch, height, width, seed=0):
@@ -72,8 +53,6 @@ def normalise(images):
 
 def pil_resize_crop(images, size):
     """Independent reference: PIL's bicubic (antialiased) on float32 channels, short side -> size, center crop."""
-    from PIL import Image
-
     _, _, height, width = images.shape
     new_h, new_w = (size, size * width // height) if height <= width else (size * height // width, size)
     out = []
@@ -104,8 +83,8 @@ def test_preprocess_resize_and_crop_match_pil(scorer, shape):
     assert diff < TOLERANCE, diff
 
 
-def test_preprocessor_config_sets_mean_and_std(clip_setup, tmp_path):
-    folder = shutil.copytree(clip_setup[2], tmp_path / "clip")
+def test_preprocessor_config_sets_mean_and_std(clip_reranker_setup, tmp_path):
+    folder = shutil.copytree(clip_reranker_setup[2], tmp_path / "clip")
     mean, std = [0.5, 0.25, 0.125], [0.5, 0.5, 0.25]
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
     images = random_images(1, IMAGE_SIZE, IMAGE_SIZE)
@@ -118,8 +97,8 @@ def test_preprocessor_config_sets_mean_and_std(clip_setup, tmp_path):
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_scores_match_transformers_cosine_similarity(clip_setup, scorer, prompt):
-    model, tokenizer, _, _ = clip_setup
+def test_scores_match_transformers_cosine_similarity(clip_reranker_setup, scorer, prompt):
+    model, tokenizer, _, _ = clip_reranker_setup
     images = random_images(4, 48, 40, seed=1)
     expected = reference_scores(model, tokenizer, scorer.preprocess(images), prompt)
     scores = scorer.score(images, prompt)
@@ -127,8 +106,8 @@ def test_scores_match_transformers_cosine_similarity(clip_setup, scorer, prompt)
     assert (scores - expected).abs().max().item() < TOLERANCE
 
 
-def test_rerank_orders_by_descending_score(clip_setup, scorer):
-    model, tokenizer, _, _ = clip_setup
+def test_rerank_orders_by_descending_score(clip_reranker_setup, scorer):
+    model, tokenizer, _, _ = clip_reranker_setup
     images = random_images(6, IMAGE_SIZE, IMAGE_SIZE, seed=2)
     expected = reference_scores(model, tokenizer, normalise(images), "a cat")
     result = scorer.rerank(images, "a cat")
@@ -154,7 +133,7 @@ def test_per_image_prompts_and_comfy_layout(scorer):
     one_by_one = torch.cat([scorer.score(images[:1], "a cat"), scorer.score(images[1:], "zebra")])
     assert (per_image - one_by_one).abs().max().item() < TOLERANCE
     channels_last = images.movedim(1, -1)  # ComfyUI IMAGE layout
-    from_comfy = images_from_comfy(channels_last)
+    from_comfy = load_pack().nodes.types.image_from_comfy(channels_last)  # as the rerank node converts it
     assert torch.equal(from_comfy, images)  # the same pixels (a strided view: an exact permutation)
     # Not bitwise: the view keeps channels-last strides, for which resize and the patch convolution may take other
     # kernels (other summation orders, last-bit differences). TOLERANCE: as against transformers above.
@@ -164,8 +143,8 @@ def test_per_image_prompts_and_comfy_layout(scorer):
 # ---- loading ----
 
 
-def test_single_file_with_config_beside_or_given(clip_setup, scorer, tmp_path):
-    model, _, folder, tokenizer_dir = clip_setup
+def test_single_file_with_config_beside_or_given(clip_reranker_setup, scorer, tmp_path):
+    model, _, folder, tokenizer_dir = clip_reranker_setup
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     # Older exports store both towers' position_ids buffers; they must be accepted and ignored.
     state["text_model.embeddings.position_ids"] = torch.arange(CLIP_LENGTH)[None]
@@ -192,8 +171,8 @@ def test_single_file_with_config_beside_or_given(clip_setup, scorer, tmp_path):
     same_model(load_clip_scorer(single, tokenizer_path=tokenizer_dir))
 
 
-def test_refuses_pickles_and_configs_that_are_not_full_clip(clip_setup, tmp_path):
-    _, _, folder, tokenizer_dir = clip_setup
+def test_refuses_pickles_and_configs_that_are_not_full_clip(clip_reranker_setup, tmp_path):
+    _, _, folder, tokenizer_dir = clip_reranker_setup
     pickle = tmp_path / "pytorch_model.bin"
     pickle.write_bytes(b"not opened")
     with pytest.raises(CheckpointError, match="pickle"):
@@ -212,7 +191,7 @@ def test_refuses_pickles_and_configs_that_are_not_full_clip(clip_setup, tmp_path
     ("images", "message"),
     [
         (torch.rand(0, 3, 32, 32), "empty"),
-        (torch.rand(2, 32, 32, 3), "images_from_comfy"),
+        (torch.rand(2, 32, 32, 3), "channels-last ComfyUI IMAGE"),
         (torch.rand(2, 1, 32, 32), r"\[B,3,H,W\]"),
         (torch.rand(3, 32, 32), r"\[B,3,H,W\]"),
         (torch.rand(1, 3, 32, 32) * 2 - 1, r"\[0, 1\]"),

@@ -7,14 +7,13 @@ from diffusers import AmusedScheduler, UVit2DModel, VQModel
 from diffusers.pipelines.deprecated.amused import AmusedPipeline
 
 from muse_core import load_pipeline
-from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve, unmask_step
+from muse_core.sampling import SamplingOptions, generate, img2img, super_resolve, unmask_step, upscale_via_img2img
 from muse_core.sampling.generate import remask_for_strength
 from muse_core.sampling.sampler import generators_for
 from muse_core.sampling.schedules import masked_fraction
 
-from .test_pipeline import PIPE_UVIT, TINY_VQ, amused_folder  # noqa: F401  (fixture)
-from .test_super_res import tiny_super_res
-from .test_text_encoders import clip_setup  # noqa: F401  (fixture)
+from .helpers import AMUSED_256, PIPE_UVIT, TINY_VQ, tiny_super_res, write_clip_tokenizer
+from .reference import randomize_
 
 SIZE = 16  # pixels: the tiny VQ has factor 2, so an 8x8 token grid
 
@@ -43,7 +42,7 @@ def test_mask_counts_follow_amused_schedule():
 
 @pytest.mark.parametrize("kw", [dict(), dict(guidance_scale=1.0), dict(steps=4, temperature=(1.0, 0.5)),
                                 dict(negative_prompt="a dog")], ids=["defaults", "no-guidance", "steps4", "negative"])
-def test_ids_equal_amused_pipeline(amused_folder, kw):  # noqa: F811
+def test_ids_equal_amused_pipeline(amused_folder, kw):
     folder, _, _, tokenizer = amused_folder
     reference = reference_pipeline(folder, tokenizer)
     pipe = load_pipeline(folder)
@@ -57,7 +56,7 @@ def test_ids_equal_amused_pipeline(amused_folder, kw):  # noqa: F811
     assert (got != pipe.transformer.mask_token_id).all()
 
 
-def test_seeds_and_batch_rule(amused_folder):  # noqa: F811
+def test_seeds_and_batch_rule(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     batch = ours(pipe, ["a cat", "a dog"], num_images_per_prompt=2, seed=5)
     assert batch.shape == (4, 8, 8)
@@ -69,7 +68,7 @@ def test_seeds_and_batch_rule(amused_folder):  # noqa: F811
     assert not torch.equal(ours(pipe, seed=5), ours(pipe, seed=6))
 
 
-def test_callback_sees_every_step_and_can_cancel(amused_folder):  # noqa: F811
+def test_callback_sees_every_step_and_can_cancel(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     seen = []
     ours(pipe, steps=5, callback=lambda step, total, ids: seen.append((step, total, (ids == 39).sum().item())))
@@ -82,7 +81,7 @@ def test_callback_sees_every_step_and_can_cancel(amused_folder):  # noqa: F811
         ours(pipe, callback=cancel)
 
 
-def test_linear_guidance_schedule_changes_the_result(amused_folder):  # noqa: F811
+def test_linear_guidance_schedule_changes_the_result(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     assert not torch.equal(ours(pipe, guidance_schedule="linear"), ours(pipe))
 
@@ -99,7 +98,7 @@ def test_token_temperature_moves_sampling_towards_the_likeliest_code():
     assert hits[1.0] < hits[0.5] < 1
 
 
-def test_token_temperature_changes_generation(amused_folder):  # noqa: F811
+def test_token_temperature_changes_generation(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     assert torch.equal(ours(pipe, token_temperature=1.0), ours(pipe))  # 1 is aMUSEd's plain sampling
     assert not torch.equal(ours(pipe, token_temperature=0.5), ours(pipe))
@@ -115,7 +114,7 @@ def test_bad_options_are_refused(bad, match):
         SamplingOptions(**bad)
 
 
-def test_bad_requests_are_refused_before_work(amused_folder):  # noqa: F811
+def test_bad_requests_are_refused_before_work(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     with pytest.raises(ValueError, match="height=15: image sizes must be positive multiples"):
         generate(pipe.transformer, pipe.text_encoder, "x", height=15, width=16, downsample_factor=2)
@@ -125,7 +124,7 @@ def test_bad_requests_are_refused_before_work(amused_folder):  # noqa: F811
         ours(pipe, negative_prompt=["a", "b"])
 
 
-def test_img2img_strength_bounds(amused_folder):  # noqa: F811
+def test_img2img_strength_bounds(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     source = ours(pipe, seed=3)
     kw = dict(height=SIZE, width=SIZE)
@@ -142,7 +141,7 @@ def test_img2img_strength_bounds(amused_folder):  # noqa: F811
         img2img(pipe.transformer, pipe.text_encoder, source, "a dog", strength=1.5, **kw)
 
 
-def test_super_resolve_doubles_the_grid(amused_folder):  # noqa: F811
+def test_super_resolve_doubles_the_grid(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     sr = tiny_super_res(uvit=PIPE_UVIT)
     low = ours(pipe, ["a cat", "a dog"], seed=1)
@@ -155,10 +154,6 @@ def test_super_resolve_doubles_the_grid(amused_folder):  # noqa: F811
 @pytest.mark.slow
 def test_real_amused_256_ids_equal_amused_pipeline(tmp_path):
     """Real amused-256 transformer config (random weights), 12 steps, guidance 10, fp32, CPU."""
-    from .conftest import AMUSED_256
-    from .reference import randomize_
-    from .test_text_encoders import write_clip_tokenizer
-
     torch.manual_seed(0)
     randomize_(UVit2DModel(**AMUSED_256), std=0.02).save_pretrained(tmp_path / "transformer")
     # Only the factor (16) and codebook (8192) of the VQ matter for ids: keep it small.
@@ -178,9 +173,7 @@ def test_real_amused_256_ids_equal_amused_pipeline(tmp_path):
     assert torch.equal(got, expected)
 
 
-def test_upscale_via_img2img_doubles_the_grid(amused_folder):  # noqa: F811
-    from muse_core.sampling import upscale_via_img2img
-
+def test_upscale_via_img2img_doubles_the_grid(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     low = ours(pipe, seed=2)
     high = upscale_via_img2img(pipe.transformer, pipe.vq, pipe.vq, pipe.text_encoder, low, "a cat", strength=0.5,

@@ -30,10 +30,7 @@ from muse_core.data.shapes import (
     write_dataset,
 )
 
-
-def area_downsample(image: np.ndarray, factor: int = 2) -> np.ndarray:
-    size = image.shape[0] // factor
-    return image.reshape(size, factor, size, factor, 3).astype(np.float64).mean(axis=(1, 3))
+from .helpers import area_downsample
 
 
 def gap_between(a, b) -> float:

@@ -4,17 +4,9 @@ from safetensors.torch import save_file
 
 from muse_core.loading import load_model, save_model
 from muse_core.models.layers import grid_positions
-from muse_core.models.super_res import SuperResConfig, SuperResTransformer
-from muse_core.models.uvit import UViTConfig
+from muse_core.models.super_res import SuperResTransformer
 
-from .conftest import AMUSED_LIKE_UVIT, TINY_UVIT
-from .reference import randomize_
-
-
-def tiny_super_res(uvit=TINY_UVIT, layers=2):
-    cfg = SuperResConfig(lowres_codebook_size=32, lowres_hidden_size=64, lowres_num_layers=layers, lowres_num_heads=1,
-                         lowres_intermediate_size=96, transformer=UViTConfig(**uvit))
-    return randomize_(SuperResTransformer(cfg)).eval()
+from .helpers import AMUSED_LIKE_UVIT, TINY_UVIT, tiny_super_res
 
 
 def inputs(model, batch=2, high=8, low=4, text_len=5):

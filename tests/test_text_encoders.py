@@ -8,85 +8,33 @@ loaded through our loaders. The CLIP reference is diffusers' AmusedPipeline call
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
-import string
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from muse_core.loading import CheckpointError
+from muse_core.text import TextConditioning, load_clip_encoder, load_t5_encoder
+
+from .helpers import CLIP_LENGTH
+from .reference import clip_reference, randomize_
+
 transformers = pytest.importorskip("transformers")
 
-from muse_core.loading import CheckpointError  # noqa: E402
-from muse_core.text import TextConditioning, load_clip_encoder, load_t5_encoder  # noqa: E402
-from tests.reference import randomize_  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402  (after importorskip)
 
 PROMPTS = ["a red cat on the mat", "", "dog"]  # different lengths; "" is CFG's unconditional prompt
-CLIP_LENGTH = 16
 TOLERANCE = 1e-5
 
 
-# ---- tiny CLIP ----
-
-
-def write_clip_tokenizer(folder):
-    """A byte-level BPE vocabulary of single letters plus two merges, in the sd1_tokenizer file layout."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        vocab.update({c + suffix: len(vocab) + i for i, c in enumerate(string.ascii_lowercase)})
-    vocab.update({"ca": len(vocab), "cat</w>": len(vocab) + 1})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\n")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_LENGTH, "pad_token": "<|endoftext|>"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def clip_setup(tmp_path_factory):
-    """(reference model, tokenizer, {layout: (path, tokenizer_path)})."""
-    root = tmp_path_factory.mktemp("clip")
-    config = transformers.CLIPTextConfig(
-        vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
-        max_position_embeddings=CLIP_LENGTH, projection_dim=48, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )  # 64-wide heads so the single-file path can infer the head count
-    torch.manual_seed(0)
-    model = randomize_(transformers.CLIPTextModelWithProjection(config), seed=0, std=0.1).eval()
-    tokenizer_dir = write_clip_tokenizer(root / "clip_tokenizer")
-    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
-
-    model.save_pretrained(root / "folder")
-    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
-    model.save_pretrained(root / "pipeline" / "text_encoder")
-    shutil.copytree(tokenizer_dir, root / "pipeline" / "tokenizer")
-    single = root / "text_encoders" / "clip_l.safetensors"  # as in ComfyUI: no config, extra keys to ignore
-    single.parent.mkdir()
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    state["logit_scale"] = torch.tensor(4.6)
-    state["text_model.embeddings.position_ids"] = torch.arange(CLIP_LENGTH)[None]
-    save_file(state, str(single))
-    layouts = {
-        "folder": (root / "folder", None),
-        "pipeline": (root / "pipeline", None),
-        "single_file": (single, tokenizer_dir),
-    }
-    return model, tokenizer, layouts
-
-
-def clip_reference(model, tokenizer, prompts):
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        outputs = model(ids, return_dict=True, output_hidden_states=True)
-    return outputs.hidden_states[-2], outputs.text_embeds
+# ---- tiny CLIP (conftest.clip_text_setup) ----
 
 
 @pytest.mark.parametrize("layout", ["folder", "pipeline", "single_file"])
-def test_clip_matches_transformers(clip_setup, layout):
-    model, tokenizer, layouts = clip_setup
+def test_clip_matches_transformers(clip_text_setup, layout):
+    model, tokenizer, layouts = clip_text_setup
     path, tokenizer_path = layouts[layout]
     encoder = load_clip_encoder(path, tokenizer_path=tokenizer_path)
     cond = encoder.encode(PROMPTS)
@@ -101,8 +49,8 @@ def test_clip_matches_transformers(clip_setup, layout):
     assert torch.equal(positions, torch.arange(CLIP_LENGTH)[None])
 
 
-def test_clip_missing_projection_is_identity(clip_setup, tmp_path, caplog):
-    model, tokenizer, layouts = clip_setup
+def test_clip_missing_projection_is_identity(clip_text_setup, tmp_path, caplog):
+    model, tokenizer, layouts = clip_text_setup
     state = {k: v for k, v in model.state_dict().items() if k != "text_projection.weight"}
     save_file(state, str(tmp_path / "clip_no_proj.safetensors"))
     with caplog.at_level(logging.WARNING, logger="muse_core"):
@@ -121,8 +69,6 @@ T5_WORDS = ["<pad>", "</s>", "<unk>", "a", "red", "cat", "on", "the", "mat", "do
 
 def write_t5_tokenizer(folder):
     """A word-level tokenizer.json that appends </s>, like the project's future small T5."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(T5_WORDS)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
@@ -255,12 +201,12 @@ def test_bad_prompts_raise(t5_setup):
     assert len(encoder.encode("a cat")) == 1  # a lone string is a batch of one
 
 
-def test_missing_tokenizer_raises(t5_setup, clip_setup, tmp_path):
+def test_missing_tokenizer_raises(t5_setup, clip_text_setup, tmp_path):
     single = t5_setup[2]["single_file"][0]
     with pytest.raises(CheckpointError, match="no tokenizer found.*tokenizer_path"):
         load_t5_encoder(single)
     with pytest.raises(CheckpointError, match="no tokenizer found"):
-        load_clip_encoder(clip_setup[2]["single_file"][0], tokenizer_path=tmp_path)
+        load_clip_encoder(clip_text_setup[2]["single_file"][0], tokenizer_path=tmp_path)
 
 
 def test_pickle_files_refused(t5_setup, tmp_path):
@@ -275,13 +221,13 @@ def test_pickle_files_refused(t5_setup, tmp_path):
         load_t5_encoder(folder)
 
 
-def test_wrong_model_or_tokenizer_raises(t5_setup, clip_setup):
+def test_wrong_model_or_tokenizer_raises(t5_setup, clip_text_setup):
     with pytest.raises(CheckpointError, match="not a CLIP text encoder"):
-        load_clip_encoder(t5_setup[2]["single_file"][0], tokenizer_path=clip_setup[2]["single_file"][1])
+        load_clip_encoder(t5_setup[2]["single_file"][0], tokenizer_path=clip_text_setup[2]["single_file"][1])
     with pytest.raises(CheckpointError, match="not T5"):
-        load_t5_encoder(clip_setup[2]["folder"][0])
+        load_t5_encoder(clip_text_setup[2]["folder"][0])
     with pytest.raises(CheckpointError, match="tokenizer has"):  # 56-token CLIP vocabulary, 16-token T5
-        load_t5_encoder(t5_setup[2]["single_file"][0], tokenizer_path=clip_setup[2]["single_file"][1])
+        load_t5_encoder(t5_setup[2]["single_file"][0], tokenizer_path=clip_text_setup[2]["single_file"][1])
 
 
 # ---- TextConditioning ----

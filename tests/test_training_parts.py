@@ -13,6 +13,7 @@ from einops import rearrange
 from muse_core.loading import load_model
 from muse_core.models.vq import VQTokenizer
 from muse_core.text.loading import load_tokenizer
+from muse_core.text.t5 import T5TextEncoder
 from muse_core.training.tokenizer import build_word_tokenizer, save_tokenizer
 from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, patch_consistency_loss, small_vq_config
 
@@ -61,8 +62,6 @@ def test_t5_style_appends_eos_and_maps_unknown_words_to_unk():
 
 
 def test_t5_style_drives_the_t5_text_encoder():
-    from muse_core.text.t5 import T5TextEncoder
-
     tokenizer = build_word_tokenizer(CAPTIONS, "t5", max_length=8)
     config = transformers.T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
     encoder = T5TextEncoder(transformers.T5EncoderModel(config), tokenizer, max_length=8)

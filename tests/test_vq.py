@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-diffusers = pytest.importorskip("diffusers")
-
 from muse_core.loading import CheckpointError, load_model
 from muse_core.models.vq import VQConfig, VQTokenizer
+
+diffusers = pytest.importorskip("diffusers")  # the reference VQModel; muse_core itself does not need it
 
 TINY = {
     "block_out_channels": [32, 64],
@@ -176,12 +176,19 @@ def test_fp16_weights_upcast_to_fp32(tiny):
     with torch.no_grad():
         for p in rounded.parameters():
             p.copy_(p.half().float())
+    state, expected = half.state_dict(), rounded.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(state[k].dtype == torch.float16 and torch.equal(state[k].float(), expected[k]) for k in expected)
+    # The outputs are not promised bitwise: the fp32 copies of the fp16 weights are fresh allocations, the fp32
+    # model's weights sit where loading put them, and CPU conv / GEMM kernels may sum in another order for another
+    # alignment (last-bit differences). The ids are discrete: equal unless a latent sits within rounding of a tie
+    # between two codes, as _check_parity assumes against diffusers.
     images = _images(1, 16)
     ids = half.encode(images)
     assert torch.equal(ids, rounded.encode(images))
     out = half.decode(ids)
     assert out.dtype == torch.float32 and half.dtype == torch.float16  # the module itself stays fp16
-    assert torch.equal(out, rounded.decode(ids))
+    torch.testing.assert_close(out, rounded.decode(ids), rtol=0, atol=1e-5)
 
 
 def test_config_round_trip(tiny):

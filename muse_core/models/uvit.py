@@ -364,12 +364,3 @@ class MaskedTokenUViT(MuseModel):
             intermediate_size=shapes["transformer_layers.0.ff.net.2.weight"][1],
             ln_elementwise_affine="encoder_proj_layer_norm.weight" in shapes,
         )
-
-
-def __getattr__(name: str):
-    # Moved to the loader's conversion module; importable from here for older imports only.
-    if name == "convert_open_muse_state_dict":
-        from ..loading.convert import convert_open_muse_state_dict  # noqa: PLC0415  (the model does not need the loader)
-
-        return convert_open_muse_state_dict
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
