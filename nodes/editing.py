@@ -20,7 +20,7 @@ from .previews import progress_callback
 from .runtime import running
 from .sampling import sampling_options
 from .types import CONDITIONING, TOKENS, TRANSFORMER, VQ, MuseTokens, image_from_comfy, image_to_comfy, mask_from_comfy
-from .widgets import decoding_options, seed
+from .widgets import decoding_options, sampling_from, seed
 
 EMPTY_LOADIMAGE_MASK = (64, 64)  # what LoadImage returns for an image without alpha
 
@@ -71,12 +71,12 @@ class MuseInpaint:
                 "half covered (keeps more of the original around thin masks).")}),
             "blend": ("BOOLEAN", {"default": True, "tooltip": (
                 "Copy the unmasked pixels back from the input (they stay exactly as they were).")}),
-        }}
+        }, "optional": sampling_from()}
 
-    def inpaint(self, transformer, vq, conditioning, image, mask, token_rule, blend, **decoding):
+    def inpaint(self, transformer, vq, conditioning, image, mask, token_rule, blend, sampling_from=None, **decoding):
         images = image_from_comfy(image)
         pixel_mask = editing_mask(mask, images)
-        options = sampling_options(**decoding)
+        options = sampling_options(transformer, decoding, sampling_from, mask_schedule=INPAINT_MASK_SCHEDULE)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             result = inpaint(model, vq_model, None, images, pixel_mask, conditioning, options=options, rule=token_rule,
@@ -106,11 +106,12 @@ class MuseOutpaint:
             "bottom": ("INT", {**margin, "tooltip": "Pixels to add at the bottom."}),
             "seed": seed(),
             **decoding_options(mask_schedule=INPAINT_MASK_SCHEDULE),
-        }}
+        }, "optional": sampling_from()}
 
-    def outpaint(self, transformer, vq, conditioning, image, left, top, right, bottom, **decoding):
+    def outpaint(self, transformer, vq, conditioning, image, left, top, right, bottom, sampling_from=None,
+                 **decoding):
         images = image_from_comfy(image)
-        options = sampling_options(**decoding)
+        options = sampling_options(transformer, decoding, sampling_from, mask_schedule=INPAINT_MASK_SCHEDULE)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             result = outpaint(model, vq_model, None, images, conditioning, left=left, top=top, right=right,

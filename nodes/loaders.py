@@ -9,7 +9,7 @@ from muse_core.loading import load_model
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.models.vq import VQTokenizer
-from muse_core.pipeline import load_pipeline
+from muse_core.pipeline import load_pipeline, read_sampling_defaults
 from muse_core.rerank import load_clip_scorer
 from muse_core.text import load_clip_encoder, load_t5_encoder
 from muse_core.text.loading import has_own_tokenizer
@@ -57,14 +57,15 @@ class MuseModelLoader:
         weights_dtype = torch_dtype(dtype, target)
         pipe = load_pipeline(folder, dtype=weights_dtype, device=at_rest_device(target), attention=attention)
 
-        def wrap(component, label):
-            return None if component is None else LoadedModel(component, f"{label} of '{model}'", target)
+        def wrap(component, label, sampling=None):
+            return None if component is None else LoadedModel(component, f"{label} of '{model}'", target,
+                                                               sampling or {})
 
         return (
-            wrap(pipe.transformer, "transformer"),
+            wrap(pipe.transformer, "transformer", pipe.sampling),
             wrap(pipe.vq, "VQ"),
             wrap(pipe.text_encoder, "text encoder"),
-            wrap(pipe.super_res, "super-res transformer"),
+            wrap(pipe.super_res, "super-res transformer", pipe.sampling),
             wrap(pipe.super_res_vq, "super-res VQ"),
         )
 
@@ -78,6 +79,7 @@ class _ComponentLoader:
     label: str
     embedded: list[str]
     default_dtype = None  # None: the dtype widget's auto rule
+    recommends_sampling = False  # transformers: pass their folder's sampling.json on to the samplers
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -91,9 +93,12 @@ class _ComponentLoader:
 
     def load(self, model_name, dtype, device, attention):
         target = compute_device(device)
-        model = load_model(self.model_class, resolve(model_name), dtype=torch_dtype(dtype, target, self.default_dtype),
+        path = resolve(model_name)
+        model = load_model(self.model_class, path, dtype=torch_dtype(dtype, target, self.default_dtype),
                            device=at_rest_device(target), attention=attention)
-        return (LoadedModel(model, f"{self.label} '{model_name}'", target),)
+        # a component's recommended settings are its model folder's sampling.json, as for the whole folder
+        sampling = read_sampling_defaults(path.parent) if self.recommends_sampling else {}
+        return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling),)
 
 
 class MuseTransformerLoader(_ComponentLoader):
@@ -103,6 +108,7 @@ class MuseTransformerLoader(_ComponentLoader):
     OUTPUT_TOOLTIPS = ("The base transformer, for the Muse Sampler, inpainting and editing nodes.",)
     model_class = MaskedTokenUViT
     label = "base transformer"
+    recommends_sampling = True
     embedded = ["transformer.safetensors"]
 
 
@@ -113,6 +119,7 @@ class MuseSuperResLoader(_ComponentLoader):
     OUTPUT_TOOLTIPS = ("The super-res transformer, for the Muse Super-Res Sampler.",)
     model_class = SuperResTransformer
     label = "super-res transformer"
+    recommends_sampling = True
     embedded = ["super_res.safetensors"]
 
 

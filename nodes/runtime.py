@@ -10,14 +10,13 @@ import dataclasses
 import torch
 
 from muse_core.attention import BACKENDS
+from muse_core.loading.dtypes import DTYPE_NAMES
 
 from . import comfy_env
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+DTYPES = ("auto", *DTYPE_NAMES)
 DEVICES = ("auto", "cpu")
 ATTENTION_BACKENDS = BACKENDS
-
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def compute_device(choice: str) -> torch.device:
@@ -29,8 +28,8 @@ def compute_device(choice: str) -> torch.device:
 
 def torch_dtype(choice: str, device: torch.device, auto: torch.dtype | None = None) -> torch.dtype:
     """The dtype of a dtype widget. ``auto``: ``auto`` if given, else bf16 (or fp16) on GPUs, fp32 on CPUs."""
-    if choice in _TORCH_DTYPES:
-        return _TORCH_DTYPES[choice]
+    if choice in DTYPE_NAMES:
+        return DTYPE_NAMES[choice]
     if choice != "auto":
         raise ValueError(f"dtype must be one of {DTYPES}, got {choice!r}.")
     if auto is not None:
@@ -47,6 +46,7 @@ class LoadedModel:
     model: object
     name: str  # says which model in messages, e.g. "transformer embedded/transformer.safetensors"
     device: torch.device  # compute device; weights rest on the offload device between nodes
+    sampling: dict = dataclasses.field(default_factory=dict)  # recommended SamplingOptions fields (sampling.json)
 
     @property
     def module(self) -> torch.nn.Module:

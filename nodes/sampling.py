@@ -8,17 +8,27 @@ from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE
 from muse_core.sampling import SUPER_RES_STEPS, SamplingOptions, generate, img2img, super_resolve
 
 from .previews import progress_callback
-from .runtime import running
+from .runtime import LoadedModel, running
 from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
-from .widgets import decoding_options, seed
+from .widgets import SAMPLING_FROM, decoding_options, sampling_from, seed
 
 
-def sampling_options(seed, steps, guidance, guidance_schedule, temperature_start, temperature_end,
-                     mask_schedule, token_temperature) -> SamplingOptions:
-    """The seed and ``decoding_options`` widgets of a node, as muse_core's options."""
-    return SamplingOptions(steps=steps, guidance_scale=guidance, guidance_schedule=guidance_schedule,
-                           temperature=(temperature_start, temperature_end), mask_schedule=mask_schedule,
-                           token_temperature=token_temperature, seed=seed)
+def sampling_options(loaded: LoadedModel, decoding: dict, sampling_from: str | None, mask_schedule: str | None = None,
+                     widget_fields: tuple[str, ...] = ()) -> SamplingOptions:
+    """A node's decoding options: its seed and ``decoding_options`` widgets, or with ``sampling_from="model"``
+    the model's recommended settings (then ``mask_schedule``, then aMUSEd's defaults), except the
+    ``widget_fields`` and the seed, which stay the widgets'."""
+    choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
+    widgets = dict(steps=decoding["steps"], guidance_scale=decoding["guidance"],
+                   guidance_schedule=decoding["guidance_schedule"],
+                   temperature=(decoding["temperature_start"], decoding["temperature_end"]),
+                   mask_schedule=decoding["mask_schedule"], token_temperature=decoding["token_temperature"])
+    if choice == "widgets":
+        return SamplingOptions(**widgets, seed=decoding["seed"])
+    if choice != "model":
+        raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
+    recommended = ({"mask_schedule": mask_schedule} if mask_schedule else {}) | loaded.sampling
+    return SamplingOptions(**(recommended | {k: widgets[k] for k in widget_fields}), seed=decoding["seed"])
 
 
 def check_tokens(tokens: MuseTokens, vq, what: str) -> None:
@@ -66,11 +76,13 @@ class MuseSampler:
             },
             "optional": {
                 "tokens": (TOKENS, {"tooltip": "Optional start tokens (VQ Encode of an image) for img2img."}),
+                **sampling_from(),
             },
         }
 
-    def sample(self, transformer, vq, conditioning, width, height, batch_size, strength, tokens=None, **decoding):
-        options = sampling_options(**decoding)
+    def sample(self, transformer, vq, conditioning, width, height, batch_size, strength, tokens=None,
+               sampling_from=None, **decoding):
+        options = sampling_options(transformer, decoding, sampling_from)
         with running(transformer, vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             callback = progress_callback(options.steps, vq_model, model.mask_token_id)
@@ -109,16 +121,16 @@ class MuseSuperResSampler:
                 "Output pixel size / input pixel size (Muse: 256 -> 512 px is 2).")}),
             "seed": seed(),
             **decoding_options(steps=SUPER_RES_STEPS),
-        }}
+        }, "optional": sampling_from(kept="steps")}
 
-    def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, **decoding):
+    def sample(self, super_res, super_res_vq, conditioning, tokens, upscale, sampling_from=None, **decoding):
         if super_res is None or super_res_vq is None:
             raise ValueError(
                 "Muse Super-Res Sampler: no super-res model is connected (the loaded folder has no super_res/ stage; "
                 "aMUSEd has none). Load one with Muse Super-Res Loader, or upscale with VQ Decode -> an image "
                 "upscaler -> VQ Encode -> Muse Sampler at strength 0.3-0.6."
             )
-        options = sampling_options(**decoding)
+        options = sampling_options(super_res, decoding, sampling_from, widget_fields=("steps",))
         with running(super_res, super_res_vq) as (model, vq_model):
             check_codebooks(model, vq_model)
             if tokens.codebook_size != model.config.lowres_codebook_size:

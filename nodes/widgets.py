@@ -49,5 +49,20 @@ def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str
             "How many tokens stay masked after each step. cosine: Muse / aMUSEd; linear: aMUSEd inpainting.")}),
         "token_temperature": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 100.0, "step": 0.05, "tooltip": (
             "Softmax temperature of the sampled tokens: 1 samples plainly (aMUSEd); below 1 favours the likelier "
-            "codes (fewer stray specks on small models; the embedded model: 0.5).")}),
+            "codes (fewer stray specks on small models).")}),
     }
+
+
+SAMPLING_FROM = ("widgets", "model")
+
+
+def sampling_from(kept: str = "") -> dict:
+    """The optional input that chooses between the widgets and the model's recommended settings.
+
+    Optional, and "widgets" when absent: workflows saved before it existed keep their behaviour."""
+    also = f" ({kept} still comes from its widget)" if kept else ""
+    return {"sampling_from": (SAMPLING_FROM, {"tooltip": (
+        "widgets: decode with the steps, guidance and temperature widgets. model: with the settings the loaded "
+        "model recommends (its folder's sampling.json, e.g. the embedded model's; aMUSEd's defaults when it has "
+        f"none), whatever those widgets say{also}. The seed always comes from its widget; the saved workflow "
+        "records this choice.")})}

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from muse_core.loading import CheckpointError
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import ROOT, CoreNodes, load_pack, run_api, ui_to_api
+from .comfy_harness import ROOT, CoreNodes, decoding, load_pack, run_api, ui_to_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
@@ -39,12 +39,6 @@ def embedded(nodes):
 @pytest.fixture(scope="module")
 def conditioning(nodes, embedded):
     return nodes["MuseTextEncode"]().encode(embedded[2], "two red circles on a blue background", "")[0]
-
-
-def decoding(**changes) -> dict:
-    """The seed and decoding widgets of sampler and editing nodes (few steps: these tests check plumbing)."""
-    return {"seed": 0, "steps": 4, "guidance": 3.0, "guidance_schedule": "constant", "temperature_start": 2.0,
-            "temperature_end": 0.0, "mask_schedule": "cosine", "token_temperature": 1.0, **changes}
 
 
 def sample(nodes, embedded, conditioning, batch_size=1, strength=1.0, tokens=None, size=64, **changes):
@@ -330,3 +324,30 @@ def test_missing_super_res_stage_and_foreign_text_encoder(nodes, embedded, condi
     narrow.negative.hidden_states = narrow.negative.hidden_states[..., :96]
     with pytest.raises(ValueError, match="96-wide token states.*expects 192.*trained with"):
         sample(nodes, embedded, narrow, steps=2)
+
+
+# ---- the model's recommended settings, and mask-free editing ----------------------------------------
+
+def test_sampling_from_model_uses_the_loaded_models_sampling_json(nodes, embedded, conditioning):
+    recommended = json.loads((DEFAULT_MODEL_DIR / "sampling.json").read_text())
+    recommended["temperature"] = tuple(recommended["temperature"])  # as SamplingOptions takes it
+    assert embedded[0].sampling == recommended and embedded[3].sampling == recommended
+    from_model, _ = sample(nodes, embedded, conditioning, sampling_from="model", seed=3)  # widgets: aMUSEd's
+    by_hand, _ = sample(nodes, embedded, conditioning, seed=3, steps=recommended["steps"],
+                        guidance=recommended["guidance_scale"], temperature_start=recommended["temperature"][0],
+                        temperature_end=recommended["temperature"][1],
+                        token_temperature=recommended["token_temperature"])
+    widgets, _ = sample(nodes, embedded, conditioning, seed=3)
+    assert torch.equal(from_model.ids, by_hand.ids) and not torch.equal(from_model.ids, widgets.ids)
+    (single,) = nodes["MuseTransformerLoader"]().load("embedded/transformer.safetensors", "auto", "auto", "auto")
+    assert single.sampling == recommended  # a component file gets its model folder's sampling.json too
+
+
+def test_mask_free_edit_keeps_the_input_pixels_outside_the_mask(nodes, embedded, conditioning, core):
+    image, _ = core.mappings["LoadImage"]().load_image("muse_example_shapes.png")
+    mask = torch.zeros(1, 64, 64)
+    mask[:, 16:40, 8:32] = 1.0
+    edited, tokens = nodes["MuseMaskFreeEdit"]().edit(*embedded[:2], conditioning, image, 0, 3, 0.5, 4.0, 3, mask)
+    keep = mask[0] < 0.5
+    assert torch.equal(edited[0][keep], image[0][keep])  # copied from the input, not its VQ reconstruction
+    assert not torch.equal(edited[0][~keep], image[0][~keep])

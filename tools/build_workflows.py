@@ -14,15 +14,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # `python tools/build_workflows.py` puts only tools/ itself on sys.path
 
-from tests.comfy_harness import CoreNodes, extra_widget_values, is_widget, load_pack, ui_to_api  # noqa: E402
+from tools.comfy_offline import CoreNodes, load_pack  # noqa: E402  (after sys.path.insert)
+from tools.workflow_format import extra_widget_values, is_widget, ui_to_api  # noqa: E402  (after sys.path.insert)
 
 PROMPT = "two red circles on a blue background"
-# as its sampling.json; it overshoots at guidance 10
-EMBEDDED_SAMPLING = {"guidance": 3.0, "temperature_start": 1.0, "token_temperature": 0.5}
-# the base sampler as its sampling.json: 24 steps pass the checker more often than 12
-EMBEDDED_BASE_SAMPLING = {**EMBEDDED_SAMPLING, "steps": 24}
+# the embedded model's recommended settings come from its sampling.json (the samplers' sampling_from input)
+EMBEDDED_SAMPLING = {"sampling_from": "model"}
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
@@ -40,7 +39,7 @@ def encode(prompt: str, key: str = "encode") -> tuple:
 WORKFLOWS = {
     "muse_text_to_image": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 4, **EMBEDDED_BASE_SAMPLING}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 4, **EMBEDDED_SAMPLING}),
                   ("save", "SaveImage", {"filename_prefix": "muse"})],
         "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
@@ -48,7 +47,7 @@ WORKFLOWS = {
     },
     "muse_super_res_cascade": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 2, **EMBEDDED_BASE_SAMPLING}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 2, **EMBEDDED_SAMPLING}),
                   ("preview", "PreviewImage", {}),
                   ("super_res", "MuseSuperResSampler", EMBEDDED_SAMPLING),
                   ("save", "SaveImage", {"filename_prefix": "muse_sr"})],
@@ -89,7 +88,7 @@ WORKFLOWS = {
     },
     "muse_best_of_n_rerank": {
         "nodes": [LOADER, encode(PROMPT),
-                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 8, **EMBEDDED_BASE_SAMPLING}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 8, **EMBEDDED_SAMPLING}),
                   ("reranker", "MuseRerankerLoader", {"model_name": "embedded/reranker"}),
                   ("rerank", "MuseCLIPRerank", {}),
                   ("preview", "PreviewImage", {}),
@@ -104,7 +103,7 @@ WORKFLOWS = {
         "nodes": [LOADER, encode("a red circle left of a yellow square on a navy background"),
                   ("image", "LoadImage", {"image": "muse_example_shapes.png"}),
                   ("vq_encode", "MuseVQEncode", {}),
-                  ("sampler", "MuseSampler", {**SIZE_64, "strength": 0.6, **EMBEDDED_BASE_SAMPLING}),
+                  ("sampler", "MuseSampler", {**SIZE_64, "strength": 0.6, **EMBEDDED_SAMPLING}),
                   ("save", "SaveImage", {"filename_prefix": "muse_img2img"})],
         "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
                   ("loader.vq", "vq_encode.vq"), ("image.IMAGE", "vq_encode.images"),
