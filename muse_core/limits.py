@@ -85,6 +85,23 @@ def check_pixels(name: str, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def check_image_batch(name: str, images, factor: int, channels: int = 3) -> torch.Tensor:
+    """Images for a VQ of factor ``factor``: ``[B, channels, H, W]`` pixels (``check_pixels``), each side a
+    multiple of the factor (divisible by it) within MAX_TOKENS_PER_SIDE tokens."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != channels:
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be shaped [B, {channels}, H, W], got {shape}.")
+    check_pixels(name, images)
+    height, width = images.shape[-2:]
+    if height % factor or width % factor:
+        raise ValueError(f"{name}: size {width}x{height} is not a multiple of the VQ factor {factor} (not divisible "
+                         f"by {factor}): resize or crop to {nearest_multiple(width, factor)}x"
+                         f"{nearest_multiple(height, factor)} first.")
+    check_side("the image height", height, factor)
+    check_side("the image width", width, factor)
+    return images
+
+
 def check_side(name: str, pixels: int, factor: int) -> int:
     """One side of an image: a positive multiple of the VQ factor, at most MAX_TOKENS_PER_SIDE tokens."""
     if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < factor or pixels % factor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from muse_core.editing.inpaint import check_images
+from muse_core.limits import check_image_batch
 
 from .runtime import running
 from .sampling import check_tokens
@@ -30,7 +30,7 @@ class MuseVQEncode:
     def encode(self, vq, images):
         images = image_from_comfy(images)
         with running(vq) as (vq_model,):
-            check_images(images, vq_model.downsample_factor)
+            check_image_batch("the IMAGE input", images, vq_model.downsample_factor)
             ids = vq_model.encode(images)
         return (MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size),)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import check_codebooks
-from ..limits import check_pixels, check_side, nearest_multiple
+from ..limits import check_image_batch, check_pixels, check_side
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, StepCallback, decode
 
@@ -33,22 +33,6 @@ class EditResult:
     ids: torch.Tensor  # [B, h, w]
     token_mask: torch.Tensor  # [B, h, w] bool, True = regenerated
     pixel_mask: torch.Tensor  # [B, H, W] float, 1 = repainted area (after outpainting: the new canvas)
-
-
-def check_images(images: torch.Tensor, factor: int) -> None:
-    """Images to edit: ``[B, 3, H, W]`` in [0, 1], each side a multiple of the VQ factor within the size limit."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be [B, 3, H, W], got {shape}.")
-    check_pixels("the input images", images)
-    height, width = images.shape[-2:]
-    if height % factor or width % factor:
-        raise ValueError(
-            f"image size {width}x{height} is not a multiple of the VQ factor {factor}: resize or crop it to "
-            f"{nearest_multiple(width, factor)}x{nearest_multiple(height, factor)} first."
-        )
-    check_side("the image height", height, factor)
-    check_side("the image width", width, factor)
 
 
 def prepare_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -89,7 +73,7 @@ def inpaint(model, vq, text_encoder, images: torch.Tensor, mask: torch.Tensor, p
     """
     options = options or SamplingOptions(mask_schedule=INPAINT_MASK_SCHEDULE)
     factor = vq.downsample_factor
-    check_images(images, factor)
+    check_image_batch("the input images", images, factor)
     pixel_mask = prepare_mask(mask, images)
     token_mask = mask_to_token_grid(pixel_mask, factor, rule)
     empty = [k for k, m in enumerate(token_mask) if not m.any()]
@@ -125,7 +109,7 @@ def outpaint_canvas(images: torch.Tensor, factor: int, left: int = 0, top: int =
 
     Returns the grown images (new area filled with grey) and the mask (1 on the new area).
     """
-    check_images(images, factor)
+    check_image_batch("the input images", images, factor)
     sides = [left, top, right, bottom]
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sides) or not any(sides):
         raise ValueError(f"outpainting needs non-negative integer margins, at least one > 0; got {sides}.")

@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 
 from ..geometry import check_codebooks
-from ..limits import MAX_EDIT_ITERATIONS, check_int, check_number
+from ..limits import MAX_EDIT_ITERATIONS, check_image_batch, check_int, check_number
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
-from .inpaint import EditResult, check_images, mask_to_token_grid, prepare_mask
+from .inpaint import EditResult, mask_to_token_grid, prepare_mask
 
 # The paper's settings (section 3.3.2): the defaults of the API, the CLI and the node.
 EDIT_ITERATIONS, EDIT_FRACTION, EDIT_GUIDANCE, EDIT_TOP_K = 100, 0.08, 4.0, 3
@@ -78,7 +78,7 @@ def edit_image(model, vq, text_encoder, images: torch.Tensor, prompts, *, mask: 
     negative_prompt)."""
     factor = vq.downsample_factor
     check_codebooks(model, vq)
-    check_images(images, factor)
+    check_image_batch("the input images", images, factor)
     pixel_mask = torch.ones_like(images[:, 0]) if mask is None else prepare_mask(mask, images)
     token_mask = mask_to_token_grid(pixel_mask, factor)
     with torch.no_grad():

@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from ..attention import attention
-from ..limits import check_pixels
+from ..limits import check_image_batch
 from .base import ModelConfig, MuseModel, count_children
 
 # diffusers' ACT2CLS, as functions
@@ -321,15 +321,7 @@ class VQTokenizer(MuseModel):
         return self.decoder(self.post_quant_conv(z)).clamp_(0, 1)
 
     def _check_images(self, images: torch.Tensor) -> None:
-        channels, f = self.config.in_channels, self.downsample_factor
-        if images.ndim != 4 or images.shape[1] != channels:
-            raise ValueError(f"VQ encode expects images shaped [B, {channels}, H, W]; got {list(images.shape)}.")
-        check_pixels("the images to VQ-encode", images)
-        height, width = images.shape[-2:]
-        if height % f or width % f:
-            raise ValueError(
-                f"VQ encode needs height and width divisible by {f}; got {height}x{width}. Resize or crop first."
-            )
+        check_image_batch("the images to VQ-encode", images, self.downsample_factor, self.config.in_channels)
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if ids.ndim != 3:
