@@ -77,7 +77,7 @@ def check_pixels(name: str, values: torch.Tensor) -> torch.Tensor:
     if values.numel() == 0:
         raise ValueError(f"{name} is empty (shape {list(values.shape)}): give at least one image.")
     if torch.isnan(values).any():
-        raise ValueError(f"{name} contains NaN values: check the node or code that produced it.")
+        raise ValueError(f"{name}: NaN values found; check the node or code that produced them.")
     low, high = (bound.item() for bound in values.aminmax())
     if low < -PIXEL_RANGE_SLACK or high > 1 + PIXEL_RANGE_SLACK:
         raise ValueError(f"{name} must have values in [0, 1], got values from {low:.4g} to {high:.4g}: map [-1, 1] "

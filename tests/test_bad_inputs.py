@@ -134,7 +134,7 @@ def test_cli_and_node_ranges_come_from_the_api_limits():
 @pytest.mark.parametrize("mask, message", [
     (torch.full((16, 16), 255.0), r"the mask must have values in \[0, 1\], got values from 255 to 255"),
     (torch.full((16, 16), -1.0), r"the mask must have values in \[0, 1\]"),
-    (torch.full((16, 16), NAN), "the mask contains NaN"),
+    (torch.full((16, 16), NAN), "the mask: NaN values found"),
 ])
 def test_inpaint_refuses_masks_out_of_range(pipe, mask, message):
     with pytest.raises(ValueError, match=message):
@@ -144,9 +144,9 @@ def test_inpaint_refuses_masks_out_of_range(pipe, mask, message):
 def test_images_with_nan_are_refused(pipe):
     image = torch.rand(1, 3, 16, 16)
     image[0, 1, 3, 4] = NAN
-    with pytest.raises(ValueError, match="the input images contains NaN"):
+    with pytest.raises(ValueError, match="the input images: NaN values found"):
         inpaint(pipe.transformer, pipe.vq, pipe.text_encoder, image, torch.ones(16, 16), "a cat")
-    with pytest.raises(ValueError, match="the images to VQ-encode contains NaN"):
+    with pytest.raises(ValueError, match="the images to VQ-encode: NaN values found"):
         pipe.vq.encode(image)
 
 
