@@ -34,6 +34,7 @@ _EXPORTS = {
     "inpaint": "muse_core.editing",
     "outpaint": "muse_core.editing",
     "edit_tokens": "muse_core.editing",
+    "edit_image": "muse_core.editing",
     "load_clip_scorer": "muse_core.rerank",
 }
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 from muse_core.geometry import check_codebooks, grid_scale_for_upscale
 from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE
 from muse_core.sampling import SUPER_RES_STEPS, SamplingOptions, generate, img2img, super_resolve
+from muse_core.sampling.schedules import SINGLE_TEMPERATURE_END
 
 from .previews import progress_callback
 from .runtime import LoadedModel, running
 from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
 from .widgets import SAMPLING_FROM, decoding_options, sampling_from, seed
+
+# The decoding widgets (``widgets.decoding_options``) and the SamplingOptions fields they set.
+WIDGET_FIELDS = {"steps": "steps", "guidance": "guidance_scale", "guidance_schedule": "guidance_schedule",
+                 "mask_schedule": "mask_schedule", "token_temperature": "token_temperature"}
 
 
 def sampling_options(loaded: LoadedModel, decoding: dict, sampling_from: str | None, mask_schedule: str | None = None,
@@ -19,16 +24,24 @@ def sampling_options(loaded: LoadedModel, decoding: dict, sampling_from: str | N
     the model's recommended settings (then ``mask_schedule``, then aMUSEd's defaults), except the
     ``widget_fields`` and the seed, which stay the widgets'."""
     choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
-    widgets = dict(steps=decoding["steps"], guidance_scale=decoding["guidance"],
-                   guidance_schedule=decoding["guidance_schedule"],
-                   temperature=(decoding["temperature_start"], decoding["temperature_end"]),
-                   mask_schedule=decoding["mask_schedule"], token_temperature=decoding["token_temperature"])
+    widgets = {field: decoding[widget] for widget, field in WIDGET_FIELDS.items()}
+    widgets["temperature"] = (decoding["temperature_start"], decoding["temperature_end"])
     if choice == "widgets":
         return SamplingOptions(**widgets, seed=decoding["seed"])
     if choice != "model":
         raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
     recommended = ({"mask_schedule": mask_schedule} if mask_schedule else {}) | loaded.sampling
     return SamplingOptions(**(recommended | {k: widgets[k] for k in widget_fields}), seed=decoding["seed"])
+
+
+def decoding_widget_values(fields: dict) -> dict:
+    """SamplingOptions fields -> the decoding widgets that show them (the inverse of ``sampling_options``)."""
+    values = {widget: fields[field] for widget, field in WIDGET_FIELDS.items() if field in fields}
+    if "temperature" in fields:
+        temperature = fields["temperature"]
+        values["temperature_start"], values["temperature_end"] = (
+            temperature if isinstance(temperature, (tuple, list)) else (temperature, SINGLE_TEMPERATURE_END))
+    return values
 
 
 def check_tokens(tokens: MuseTokens, vq, what: str) -> None:

@@ -60,7 +60,7 @@ def test_seeds_and_batch_rule(amused_folder):
     pipe = load_pipeline(amused_folder[0])
     batch = ours(pipe, ["a cat", "a dog"], num_images_per_prompt=2, seed=5)
     assert batch.shape == (4, 8, 8)
-    # image k of a batch = the same prompt alone with seed + k: a documented bitwise promise (sampler.py, README),
+    # image k of a batch = the same prompt alone with seed + k: a documented bitwise promise (sampler.py, docs/api.md),
     # although the batch's logits come from a larger matmul than the single image's
     assert torch.equal(batch[3:4], ours(pipe, "a dog", seed=8))
     assert torch.equal(batch[0:1], ours(pipe, "a cat", seed=5))

@@ -1,4 +1,4 @@
-"""`muse train` chooses its torch thread count deliberately (README, "Training")."""
+"""`muse train` chooses its torch thread count deliberately (docs/training.md)."""
 
 import os
 

@@ -16,12 +16,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python tools/build_workflows.py` puts only tools/ itself on sys.path
 
+from muse_core.pipeline import DEFAULT_MODEL_DIR, read_sampling_defaults  # noqa: E402  (after sys.path.insert)
+from nodes.sampling import decoding_widget_values  # noqa: E402  (after sys.path.insert)
 from tools.comfy_offline import CoreNodes, load_pack  # noqa: E402  (after sys.path.insert)
 from tools.workflow_format import extra_widget_values, is_widget, ui_to_api  # noqa: E402  (after sys.path.insert)
 
 PROMPT = "two red circles on a blue background"
 # the embedded model's recommended settings come from its sampling.json (the samplers' sampling_from input)
-EMBEDDED_SAMPLING = {"sampling_from": "model"}
+# The widgets show the same values (read from sampling.json, not copied), so the graph does not contradict itself.
+EMBEDDED_SAMPLING = {"sampling_from": "model", **decoding_widget_values(read_sampling_defaults(DEFAULT_MODEL_DIR))}
+EMBEDDED_SUPER_RES_SAMPLING = {k: v for k, v in EMBEDDED_SAMPLING.items() if k != "steps"}  # its own steps widget
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
@@ -49,7 +53,7 @@ WORKFLOWS = {
         "nodes": [LOADER, encode(PROMPT),
                   ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 2, **EMBEDDED_SAMPLING}),
                   ("preview", "PreviewImage", {}),
-                  ("super_res", "MuseSuperResSampler", EMBEDDED_SAMPLING),
+                  ("super_res", "MuseSuperResSampler", EMBEDDED_SUPER_RES_SAMPLING),
                   ("save", "SaveImage", {"filename_prefix": "muse_sr"})],
         "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),

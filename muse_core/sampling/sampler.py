@@ -38,7 +38,7 @@ class SamplingOptions:
     temperature: float | tuple[float, float] = (2.0, 0.0)
     mask_schedule: str = "cosine"
     # Softmax temperature of the sampled tokens (aMUSEd: 1, plain sampling); below 1 the likelier codes win more
-    # often, which removes stray one-token specks on small models (README, "Evaluation").
+    # often, which removes stray one-token specks on small models (docs/evaluation.md).
     token_temperature: float = 1.0
     seed: int = 0
     aesthetic_score: float = AESTHETIC_SCORE  # micro-conditioning (muse_core.models.micro_conds)

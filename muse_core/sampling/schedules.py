@@ -26,12 +26,15 @@ def masked_fraction(schedule: str, steps_done: int, num_steps: int) -> torch.Ten
     return MASK_SCHEDULES[schedule](ratio)
 
 
+SINGLE_TEMPERATURE_END = 0.01  # a single temperature t anneals from t to this, as aMUSEd
+
+
 def temperatures(temperature: float | tuple[float, float], num_steps: int) -> torch.Tensor:
     """Per-step Gumbel temperature for choosing which tokens to keep: linear from t0 to t1.
 
     A single number t means (t, 0.01), as in aMUSEd.
     """
-    start, end = temperature if isinstance(temperature, (tuple, list)) else (temperature, 0.01)
+    start, end = temperature if isinstance(temperature, (tuple, list)) else (temperature, SINGLE_TEMPERATURE_END)
     return torch.linspace(start, end, num_steps)
 
 

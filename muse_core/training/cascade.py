@@ -62,7 +62,7 @@ class CascadePreset:
     super_res: TrainConfig
     reranker: TrainConfig
     sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
-    # Fixes measured on the shapes data (README, "Evaluation"); the defaults are the plain reference recipe:
+    # Fixes measured on the shapes data (docs/evaluation.md); the defaults are the plain reference recipe:
     vq_patch_consistency: float = 0.0  # the base VQ's VQObjective patch_consistency
     sr_vq_patch_consistency: float = 0.0  # the same for the super-res VQ
     base_positions: str | None = None  # the base U-ViT's position_embedding_type; the super-res one has sincos

@@ -77,8 +77,9 @@ def training_threads(requested: int | None = None) -> int:
     """Torch threads for this process: ``requested``, else this machine's cores shared out evenly between the
     processes torchrun started on it (one each when there are as many processes as cores).
 
-    Deliberate, not torch's default: on 2 shared cores a step took 10.7 s with 2 threads and 1.1 s with 1
-    once the other core was busy (a thread waiting for a core stalls every parallel op); README, "Training".
+    Deliberate, not torch's default: on 2 cores a shipped base step took 0.44 s with 2 threads and 0.78 s with 1
+    when idle, but 17.0 s against 1.25 s once another process held a core (a thread waiting for a core stalls
+    every parallel op); docs/performance.md, benchmarks/training_threads.py.
     """
     if requested is not None:
         if requested < 1:
