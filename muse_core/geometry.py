@@ -53,3 +53,8 @@ def super_resolved_size(width: int, height: int, low_factor: int, grid_scale: in
     """The pixel size of a super-resolved image: (width, height) of the base image in, the result's out."""
     pixels_per_base_token = grid_scale * high_factor
     return width // low_factor * pixels_per_base_token, height // low_factor * pixels_per_base_token
+
+
+def round_up(pixels: int, factor: int) -> int:
+    """``pixels`` rounded up to a multiple of the VQ factor: how outpainting margins grow the canvas."""
+    return -(-pixels // factor) * factor

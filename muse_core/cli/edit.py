@@ -21,6 +21,7 @@ from ..editing import (
     inpaint,
     outpaint,
 )
+from ..geometry import round_up
 from ..image_files import read_image, read_mask
 from ..limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
 from ..pipeline import MusePipeline
@@ -115,7 +116,7 @@ def check_margins(args) -> None:
 def outpaint_sampler(args, pipe: MusePipeline, prompt, image, mask):
     margins = {side: getattr(args, side) for side in SIDES}
     factor = pipe.vq.downsample_factor
-    grown = {side: -(-margin // factor) * factor for side, margin in margins.items()}  # rounded up, as outpaint does
+    grown = {side: round_up(margin, factor) for side, margin in margins.items()}  # as outpaint grows the canvas
     height, width = image.shape[-2:]
     check_size(width + grown["left"] + grown["right"], height + grown["top"] + grown["bottom"], factor,
                "the outpainted canvas")

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..geometry import check_codebooks
+from ..geometry import check_codebooks, round_up
 from ..limits import check_image_batch, check_pixels, check_side
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, StepCallback, decode
@@ -113,7 +113,7 @@ def outpaint_canvas(images: torch.Tensor, factor: int, left: int = 0, top: int =
     sides = [left, top, right, bottom]
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in sides) or not any(sides):
         raise ValueError(f"outpainting needs non-negative integer margins, at least one > 0; got {sides}.")
-    left, top, right, bottom = (-(-s // factor) * factor for s in sides)
+    left, top, right, bottom = (round_up(s, factor) for s in sides)
     # checked before the canvas is allocated: a typo in a margin must not try to allocate gigabytes
     check_side("the outpainted height", top + images.shape[2] + bottom, factor)
     check_side("the outpainted width", left + images.shape[3] + right, factor)
