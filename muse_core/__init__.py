@@ -35,6 +35,7 @@ _EXPORTS = {
     "outpaint": "muse_core.editing",
     "edit_tokens": "muse_core.editing",
     "edit_image": "muse_core.editing",
+    "apply_lora": "muse_core.loading.lora",
     "load_clip_scorer": "muse_core.rerank",
 }
 

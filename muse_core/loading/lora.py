@@ -1,0 +1,177 @@
+"""LoRA files as diffusers' aMUSEd training writes them, applied as weight patches (``apply_lora``).
+
+The format (``AmusedLoraLoaderMixin.save_lora_weights`` -> ``pytorch_lora_weights.safetensors``): PEFT keys
+``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` and the same under ``text_encoder.``. Module
+names are diffusers' ``UVit2DModel`` names, which are ours, and transformers' CLIP names.
+
+Alphas: that save writes no alphas and no adapter metadata, and diffusers then takes ``lora_alpha == r``
+per module (``get_peft_kwargs``), i.e. scale 1: ``W + B @ A``. A file whose safetensors header carries
+diffusers' ``lora_adapter_metadata`` (other trainers write it) has its ``lora_alpha`` / ``r`` (and
+``alpha_pattern`` / ``rank_pattern``, ``use_rslora``) honoured; DoRA and LoRA biases are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..limits import check_number
+from .errors import CheckpointError
+
+PREFIXES = ("transformer", "text_encoder")
+METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+_PAIR = re.compile(r"^(?P<module>.+)\.lora_(?P<half>[AB])\.weight$")
+_SHOWN = 5  # how many offending keys an error lists
+
+
+class LoraHandle:
+    """Applied LoRA patches; ``remove()`` puts the original weights back bitwise.
+
+    Chained LoRAs must be removed in reverse order (each handle restores what it found when applied).
+    """
+
+    def __init__(self, originals: list[tuple[nn.Parameter, torch.Tensor]]):
+        self._originals = originals
+
+    def remove(self) -> None:
+        with torch.no_grad():
+            for param, original in self._originals:
+                param.copy_(original)
+        self._originals = []
+
+
+def _targets(model_or_pipe) -> dict[str, nn.Module]:
+    """The modules a LoRA prefix names: a pipeline gives both, a lone model only its own prefix."""
+    targets = {}
+    transformer = getattr(model_or_pipe, "transformer", None)
+    encoder = getattr(model_or_pipe, "text_encoder", None)
+    if transformer is not None or encoder is not None:  # a MusePipeline
+        if transformer is not None:
+            targets["transformer"] = transformer
+        if encoder is not None:
+            targets["text_encoder"] = encoder.model
+    elif hasattr(model_or_pipe, "tokenizer") and isinstance(getattr(model_or_pipe, "model", None), nn.Module):
+        targets["text_encoder"] = model_or_pipe.model  # a muse_core TextEncoder
+    elif isinstance(model_or_pipe, nn.Module):
+        targets["transformer"] = model_or_pipe
+    else:
+        raise TypeError(f"apply_lora needs a MusePipeline, a transformer or a text encoder, got {type(model_or_pipe)}.")
+    return targets
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open  # noqa: PLC0415
+
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: LoRA files are read as .safetensors only (pickles are never loaded).")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError) as e:  # missing file, or not a safetensors file
+        raise CheckpointError(f"{path}: cannot read this LoRA file ({e}).") from e
+    raw = header.get(METADATA_KEY)
+    try:
+        metadata = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its {METADATA_KEY} is not JSON ({e}).") from e
+    return tensors, metadata
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rule: a pattern key matches a module name it ends (as whole dotted parts)."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _scale(metadata: dict, prefix: str, module: str, rank: int) -> float:
+    """alpha / r as PEFT computes it; 1 without metadata (diffusers' alpha == rank for aMUSEd files)."""
+    config = {k.removeprefix(f"{prefix}."): v for k, v in metadata.items() if k.startswith(f"{prefix}.")}
+    if not config:
+        return 1.0
+    if config.get("use_dora") or config.get("lora_bias"):
+        raise CheckpointError(f"the {prefix} LoRA uses DoRA or LoRA biases, which are not supported.")
+    r = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r", rank))
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", r))
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+
+
+def _delta(weight: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    """B @ A in float32 shaped like ``weight`` (Linear, or a groups=1 conv with a 1x1 B), or None if it
+    does not fit."""
+    if down.ndim != weight.ndim or up.ndim != weight.ndim or up.shape[1] != down.shape[0]:
+        return None
+    if weight.ndim == 4 and up.shape[2:] != (1, 1):
+        return None
+    delta = up.flatten(1).float() @ down.flatten(1).float()
+    return delta.view(weight.shape) if delta.numel() == weight.numel() and delta.shape[0] == weight.shape[0] else None
+
+
+def _plan(tensors, metadata, targets, path) -> list[tuple[nn.Parameter, torch.Tensor, float]]:
+    """Every (weight, delta, scale) of the file, or CheckpointError listing what does not fit."""
+    pairs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, tensor in tensors.items():
+        prefix, _, rest = key.partition(".")
+        match = _PAIR.match(rest)
+        if prefix not in targets or match is None:
+            unknown.append(key)
+            continue
+        pairs.setdefault((prefix, match["module"]), {})[match["half"]] = tensor
+    mismatched, plan = [], []
+    for (prefix, module_name), halves in pairs.items():
+        target = targets[prefix]
+        if prefix == "text_encoder" and not hasattr(target, "text_model"):
+            module_name = module_name.removeprefix("text_model.")  # older files name the CLIP tower's wrapper
+        module = dict(target.named_modules()).get(module_name)
+        weight = getattr(module, "weight", None) if isinstance(module, (nn.Linear, nn.Conv2d)) else None
+        name = f"{prefix}.{module_name}"
+        if weight is None or set(halves) != {"A", "B"}:
+            unknown.append(name if weight is None else f"{name} (lora_A or lora_B missing)")
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            mismatched.append(f"{name} (grouped conv)")
+            continue
+        delta = _delta(weight, halves["A"], halves["B"])
+        if delta is None:
+            mismatched.append(f"{name}: A {tuple(halves['A'].shape)}, B {tuple(halves['B'].shape)} "
+                              f"vs weight {tuple(weight.shape)}")
+            continue
+        plan.append((weight, delta, _scale(metadata, prefix, module_name, halves["A"].shape[0])))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} key(s) name no layer of the model: {', '.join(sorted(unknown)[:_SHOWN])}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape(s) do not fit: {'; '.join(sorted(mismatched)[:_SHOWN])}")
+    if problems:
+        raise CheckpointError(f"{path}: not a LoRA for this model; {'. '.join(problems)}. Nothing was changed.")
+    if not plan:
+        raise CheckpointError(f"{path}: holds no LoRA weights ({', '.join(PREFIXES)} prefixes).")
+    return plan
+
+
+def apply_lora(model_or_pipe, path, strength: float = 1.0) -> LoraHandle:
+    """Patch ``W += strength * scale * (B @ A)`` into a MusePipeline, a MaskedTokenUViT or a text encoder.
+
+    Every key is checked before any weight changes. At strength 0 no weight is touched, so outputs are
+    bitwise the base model's. The sum is formed in float32 and rounded once to the weight's dtype.
+    """
+    strength = check_number("LoRA strength", strength)
+    path = Path(path)
+    tensors, metadata = _read(path)
+    plan = _plan(tensors, metadata, _targets(model_or_pipe), path)
+    originals = []
+    if strength != 0:
+        with torch.no_grad():
+            for weight, delta, scale in plan:
+                originals.append((weight, weight.detach().clone()))
+                patched = weight.float() + (strength * scale) * delta.to(weight.device)
+                weight.copy_(patched.to(weight.dtype))
+    return LoraHandle(originals)
