@@ -10,6 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -17,6 +18,7 @@ from muse_core import cli
 from muse_core.editing import edit_tokens, inpaint, outpaint
 from muse_core.image_files import read_image, read_mask
 from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE, MAX_SEED
+from muse_core.loading import save_model
 from muse_core.output import OutputError, atomic_output
 from muse_core.pipeline import load_pipeline
 from muse_core.sampling import SamplingOptions, generate, img2img
@@ -209,3 +211,17 @@ def test_undecodable_prompt_bytes_are_refused_before_loading(tmp_path, monkeypat
 def test_text_encoder_refuses_undecodable_text(pipe):
     with pytest.raises(ValueError, match="a prompt is not valid UTF-8 text"):
         pipe.text_encoder.encode(["a cat", "bad \udcff"])
+
+
+def test_save_model_is_atomic_too(pipe, tmp_path, monkeypatch):
+    target = save_model(pipe.vq, tmp_path / "saved" / "vq.safetensors")
+    before = target.read_bytes()
+
+    def half_write(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", half_write)
+    with pytest.raises(OutputError, match="No space left on device; nothing was written"):
+        save_model(pipe.vq, target)
+    assert target.read_bytes() == before and [p.name for p in target.parent.iterdir()] == ["vq.safetensors"]

@@ -19,6 +19,7 @@ import torch
 
 from ..models.base import MuseModel
 from ..models.layers import set_attention_backend
+from ..output import atomic_output
 from .convert import convert_config, convert_state_dict
 from .dtypes import check_dtype
 from .errors import CheckpointError
@@ -96,7 +97,8 @@ def _config_of_single_file(path: Path, model_cls: type[MuseModel]) -> dict | Non
 
 
 def save_model(model: MuseModel, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write one self-describing ``.safetensors`` file (kind and config in its metadata)."""
+    """Write one self-describing ``.safetensors`` file (kind and config in its metadata), whole or not at all:
+    a failed write keeps the file it would replace (muse_core.output)."""
     from safetensors.torch import save_file  # noqa: PLC0415
 
     path = Path(path)
@@ -107,6 +109,6 @@ def save_model(model: MuseModel, path: str | Path, dtype: torch.dtype | None = N
         for k, v in model.state_dict().items()
     }
     metadata = {KIND_KEY: model.kind, CONFIG_KEY: json.dumps(model.config.to_dict())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    with atomic_output(path, overwrite=True) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
