@@ -8,9 +8,8 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from .helpers import CLIP_LENGTH, PIPE_UVIT, RERANKER_IMAGE_SIZE, TINY_UVIT, TINY_VQ, write_clip_tokenizer
+from .helpers import CLIP_LENGTH, PIPE_UVIT, RERANKER_IMAGE_SIZE, TINY_UVIT, TINY_VQ, write_clip_tokenizer, write_text_encoder_layouts
 from .reference import randomize_
 
 
@@ -33,21 +32,10 @@ def clip_text_setup(tmp_path_factory):
     tokenizer_dir = write_clip_tokenizer(root / "clip_tokenizer")
     tokenizer = transformers.CLIPTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
-    model.save_pretrained(root / "folder")
-    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
-    model.save_pretrained(root / "pipeline" / "text_encoder")
-    shutil.copytree(tokenizer_dir, root / "pipeline" / "tokenizer")
-    single = root / "text_encoders" / "clip_l.safetensors"  # as in ComfyUI: no config, extra keys to ignore
-    single.parent.mkdir()
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}  # as in ComfyUI: no config, extra keys
     state["logit_scale"] = torch.tensor(4.6)
     state["text_model.embeddings.position_ids"] = torch.arange(CLIP_LENGTH)[None]
-    save_file(state, str(single))
-    layouts = {
-        "folder": (root / "folder", None),
-        "pipeline": (root / "pipeline", None),
-        "single_file": (single, tokenizer_dir),
-    }
+    layouts = write_text_encoder_layouts(root, model, tokenizer_dir, "clip_l.safetensors", state)
     return model, tokenizer, layouts
 
 

@@ -4,10 +4,13 @@ them are in conftest.py, the parity helpers against diffusers / transformers in 
 from __future__ import annotations
 
 import json
+import shutil
 import string
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from muse_core.models.super_res import SuperResConfig, SuperResTransformer
 from muse_core.models.uvit import UViTConfig
@@ -85,6 +88,22 @@ def write_clip_tokenizer(folder):
 
 
 # ---- images ----
+
+
+def write_text_encoder_layouts(root: Path, model, tokenizer_dir: Path, single_name: str, single_state: dict) -> dict:
+    """A text encoder saved the three ways the loaders read: a transformers folder, a pipeline folder
+    (text_encoder/ + tokenizer/) and a ComfyUI-style single file with the tokenizer elsewhere.
+
+    Returns {layout: (path, tokenizer_path)}."""
+    model.save_pretrained(root / "folder")
+    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
+    model.save_pretrained(root / "pipeline" / "text_encoder")
+    shutil.copytree(tokenizer_dir, root / "pipeline" / "tokenizer")
+    single = root / "text_encoders" / single_name
+    single.parent.mkdir()
+    save_file(single_state, str(single))
+    return {"folder": (root / "folder", None), "pipeline": (root / "pipeline", None),
+            "single_file": (single, tokenizer_dir)}
 
 
 def area_downsample(image: np.ndarray, factor: int = 2) -> np.ndarray:

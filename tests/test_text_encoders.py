@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from muse_core.loading import CheckpointError
 from muse_core.text import TextConditioning, load_clip_encoder, load_t5_encoder
 
-from .helpers import CLIP_LENGTH
+from .helpers import CLIP_LENGTH, write_text_encoder_layouts
 from .reference import clip_reference, randomize_
 
 transformers = pytest.importorskip("transformers")
@@ -101,18 +101,7 @@ def t5_setup(tmp_path_factory):
     model = tiny_t5()
     tokenizer_dir = write_t5_tokenizer(root / "t5_tokenizer")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-    model.save_pretrained(root / "folder")
-    shutil.copytree(tokenizer_dir, root / "folder", dirs_exist_ok=True)
-    model.save_pretrained(root / "pipeline" / "text_encoder")
-    shutil.copytree(tokenizer_dir, root / "pipeline" / "tokenizer")
-    single = root / "text_encoders" / "t5_tiny.safetensors"
-    single.parent.mkdir()
-    save_file(t5_file_state(model), str(single))
-    layouts = {
-        "folder": (root / "folder", None),
-        "pipeline": (root / "pipeline", None),
-        "single_file": (single, tokenizer_dir),
-    }
+    layouts = write_text_encoder_layouts(root, model, tokenizer_dir, "t5_tiny.safetensors", t5_file_state(model))
     return model, tokenizer, layouts
 
 

@@ -10,10 +10,11 @@ from .errors import CheckpointError
 _SHOWN = 5  # how many offending keys an error lists
 
 
-def _listing(keys) -> str:
+def listing(keys, separator: str = ", ") -> str:
+    """The first few offending keys, sorted, and how many more there are: what an error message shows."""
     keys = sorted(keys)
     more = f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return ", ".join(keys[:_SHOWN]) + more
+    return separator.join(keys[:_SHOWN]) + more
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -24,15 +25,13 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
     wrong = [k for k in expected.keys() & state_dict.keys() if tuple(state_dict[k].shape) != expected[k]]
     problems = []
     if missing:
-        problems.append(f"missing tensors: {_listing(missing)}")
+        problems.append(f"missing tensors: {listing(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {_listing(unexpected)}")
+        problems.append(f"unexpected tensors: {listing(unexpected)}")
     if wrong:
-        shown = sorted(wrong)[:_SHOWN]
         problems.append(
             "wrong shapes: "
-            + "; ".join(f"{k} expected {list(expected[k])} found {list(state_dict[k].shape)}" for k in shown)
-            + (f" (+{len(wrong) - _SHOWN} more)" if len(wrong) > _SHOWN else "")
+            + listing([f"{k} expected {list(expected[k])} found {list(state_dict[k].shape)}" for k in sorted(wrong)], "; ")
         )
     if problems:
         raise CheckpointError(
@@ -63,6 +62,6 @@ def fill_model(
     still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if still_meta:
         raise CheckpointError(
-            f"{source}: {type(model).__name__} has tensors that no file provides: {_listing(still_meta)}."
+            f"{source}: {type(model).__name__} has tensors that no file provides: {listing(still_meta)}."
         )
     return model.eval()

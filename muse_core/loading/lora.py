@@ -22,11 +22,11 @@ from torch import nn
 
 from ..limits import check_number
 from .errors import CheckpointError
+from .fill import listing
 
 PREFIXES = ("transformer", "text_encoder")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 _PAIR = re.compile(r"^(?P<module>.+)\.lora_(?P<half>[AB])\.weight$")
-_SHOWN = 5  # how many offending keys an error lists
 
 
 class LoraHandle:
@@ -147,9 +147,9 @@ def _plan(tensors, metadata, targets, path) -> list[tuple[nn.Parameter, torch.Te
         plan.append((weight, delta, _scale(metadata, prefix, module_name, halves["A"].shape[0])))
     problems = []
     if unknown:
-        problems.append(f"{len(unknown)} key(s) name no layer of the model: {', '.join(sorted(unknown)[:_SHOWN])}")
+        problems.append(f"{len(unknown)} key(s) name no layer of the model: {listing(unknown)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} shape(s) do not fit: {'; '.join(sorted(mismatched)[:_SHOWN])}")
+        problems.append(f"{len(mismatched)} shape(s) do not fit: {listing(mismatched, '; ')}")
     if problems:
         raise CheckpointError(f"{path}: not a LoRA for this model; {'. '.join(problems)}. Nothing was changed.")
     if not plan:
