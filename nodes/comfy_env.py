@@ -114,7 +114,9 @@ class Progress:
         """``preview``: a PIL image shown on the node while it runs, or None."""
         check_interrupted()
         if self.bar is not None:
-            self.bar.update_absolute(done, self.total, None if preview is None else ("JPEG", preview, 512))
+            # ComfyUI fits a preview into the bound given, enlarging small ones: its own size shows it as it is
+            bounded = None if preview is None else ("JPEG", preview, max(preview.size))
+            self.bar.update_absolute(done, self.total, bounded)
 
     @property
     def wants_previews(self) -> bool:

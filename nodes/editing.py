@@ -20,7 +20,7 @@ from .previews import progress_callback
 from .runtime import running
 from .sampling import sampling_options
 from .types import CONDITIONING, TOKENS, TRANSFORMER, VQ, MuseTokens, image_from_comfy, image_to_comfy, mask_from_comfy
-from .widgets import decoding_options, sampling_from, seed
+from .widgets import combo, decoding_options, sampling_from, seed
 
 EMPTY_LOADIMAGE_MASK = (64, 64)  # what LoadImage returns for an image without alpha
 
@@ -66,9 +66,9 @@ class MuseInpaint:
             "mask": ("MASK", {"tooltip": "Area to repaint (1 = repaint), the size of the image; one for all images or one each."}),
             "seed": seed(),
             **decoding_options(mask_schedule=INPAINT_MASK_SCHEDULE),
-            "token_rule": (TOKEN_RULES, {"default": "any", "tooltip": (
+            "token_rule": combo(TOKEN_RULES, default="any", tooltip=(
                 "Which tokens are regenerated: any = every token touching the mask; majority = tokens at least "
-                "half covered (keeps more of the original around thin masks).")}),
+                "half covered (keeps more of the original around thin masks).")),
             "blend": ("BOOLEAN", {"default": True, "tooltip": (
                 "Copy the unmasked pixels back from the input (they stay exactly as they were).")}),
         }, "optional": sampling_from()}
@@ -98,12 +98,13 @@ class MuseOutpaint:
     @classmethod
     def INPUT_TYPES(cls):
         margin = {"default": 0, "min": 0, "max": MAX_PIXELS_PER_SIDE, "step": 8}
+        limit = " The grown image has the Muse Sampler's size limit, which depends on the model."
         return {"required": {
             **_model_inputs(),
-            "left": ("INT", {**margin, "tooltip": "Pixels to add on the left."}),
-            "top": ("INT", {**margin, "tooltip": "Pixels to add at the top."}),
-            "right": ("INT", {**margin, "default": 64, "tooltip": "Pixels to add on the right."}),
-            "bottom": ("INT", {**margin, "tooltip": "Pixels to add at the bottom."}),
+            "left": ("INT", {**margin, "tooltip": f"Pixels to add on the left.{limit}"}),
+            "top": ("INT", {**margin, "tooltip": f"Pixels to add at the top.{limit}"}),
+            "right": ("INT", {**margin, "default": 64, "tooltip": f"Pixels to add on the right.{limit}"}),
+            "bottom": ("INT", {**margin, "tooltip": f"Pixels to add at the bottom.{limit}"}),
             "seed": seed(),
             **decoding_options(mask_schedule=INPAINT_MASK_SCHEDULE),
         }, "optional": sampling_from()}

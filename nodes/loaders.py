@@ -188,6 +188,12 @@ class MuseT5Loader(_TextEncoderLoader):
     embedded = ["text_encoder"]
 
 
+# The CLIP list's only entry when there is nothing to offer. The embedded model's text encoder is a T5, and
+# its reranker's CLIP text tower conditions no transformer; an empty list would show a blank widget that
+# fails with "Value not in list", so the entry itself says what to install.
+NO_CLIP_TEXT_ENCODER = "none installed: put clip_l.safetensors in models/text_encoders"
+
+
 class MuseCLIPTextLoader(_TextEncoderLoader):
     DESCRIPTION = (
         "Loads a CLIP text encoder with projection (aMUSEd's text encoder, CLIP-L/14), e.g. clip_l.safetensors "
@@ -197,6 +203,24 @@ class MuseCLIPTextLoader(_TextEncoderLoader):
     comfy_tokenizer = "clip"
     label = "CLIP text encoder"
     embedded = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = super().INPUT_TYPES()
+        names = inputs["required"]["model_name"][0]
+        if not names:
+            names.append(NO_CLIP_TEXT_ENCODER)
+        return inputs
+
+    def load(self, model_name, dtype, device):
+        if model_name == NO_CLIP_TEXT_ENCODER:
+            raise FileNotFoundError(
+                "Muse CLIP Text Encoder Loader: no CLIP text encoder is installed. Put clip_l.safetensors (ComfyUI's "
+                "CLIP-L, the text encoder aMUSEd uses) in ComfyUI/models/text_encoders, or an aMUSEd folder "
+                "(with text_encoder/) in ComfyUI/models/muse, then refresh the lists (press R). The embedded model "
+                "needs none: its text encoder is a T5 (Muse T5 Text Encoder Loader, embedded/text_encoder)."
+            )
+        return super().load(model_name, dtype, device)
 
 
 class MuseRerankerLoader:

@@ -4,7 +4,7 @@ token super-resolution with a Muse super-res transformer."""
 from __future__ import annotations
 
 from muse_core.geometry import check_codebooks, grid_scale_for_upscale
-from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE
+from muse_core.limits import MAX_IMAGES, MAX_PIXELS_PER_SIDE, MAX_TOKENS_PER_SIDE
 from muse_core.sampling import SUPER_RES_STEPS, SamplingOptions, generate, img2img, super_resolve
 from muse_core.sampling.schedules import SINGLE_TEMPERATURE_END
 
@@ -12,6 +12,14 @@ from .previews import progress_callback
 from .runtime import LoadedModel, running
 from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
 from .widgets import SAMPLING_FROM, decoding_options, sampling_from, seed
+
+# ComfyUI widgets are static, so a size widget goes up to what the largest supported model takes; the loaded
+# model's own limit (muse_core.limits.check_side: MAX_TOKENS_PER_SIDE tokens times its VQ factor) stops a run
+# with an error that names it.
+SIZE_LIMIT = (f"The largest size depends on the loaded model: {MAX_TOKENS_PER_SIDE} tokens per side, so "
+              f"{MAX_TOKENS_PER_SIDE * 16} px for aMUSEd (VQ factor 16) and {MAX_TOKENS_PER_SIDE * 4} px for the "
+              "embedded model (factor 4); a larger size stops with an error that names the limit.")
+
 
 # The decoding widgets (``widgets.decoding_options``) and the SamplingOptions fields they set.
 WIDGET_FIELDS = {"steps": "steps", "guidance": "guidance_scale", "guidance_schedule": "guidance_schedule",
@@ -75,10 +83,10 @@ class MuseSampler:
                 "vq": (VQ, {"tooltip": "The VQ tokenizer of this transformer: decodes the result and the previews."}),
                 "conditioning": (CONDITIONING, {"tooltip": "Prompt and negative prompt from Muse Text Encode."}),
                 "width": ("INT", {"default": 256, "min": 16, "max": MAX_PIXELS_PER_SIDE, "step": 16, "tooltip": (
-                    "Image width in pixels, a multiple of the VQ factor (aMUSEd: 16; native 256 or 512; "
-                    "the embedded model: 64). Ignored with input tokens.")}),
+                    "Image width in pixels, a multiple of the VQ factor (aMUSEd: 16, native 256 or 512; the embedded "
+                    f"model: 4, native 64). {SIZE_LIMIT} Ignored with input tokens.")}),
                 "height": ("INT", {"default": 256, "min": 16, "max": MAX_PIXELS_PER_SIDE, "step": 16, "tooltip": (
-                    "Image height in pixels (see width). Ignored with input tokens.")}),
+                    f"Image height in pixels (see width). {SIZE_LIMIT} Ignored with input tokens.")}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_IMAGES, "tooltip": (
                     "Images to generate; image k uses seed + k. Ignored with input tokens (one per token grid).")}),
                 "seed": seed(),

@@ -9,20 +9,27 @@ from muse_core.sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 from .runtime import ATTENTION_BACKENDS, DEVICES, DTYPES
 
 
+def combo(choices, **options) -> tuple:
+    """A combo input (a list widget). Its choices go out as a list because ComfyUI's /prompt checks a
+    value against a combo's choices only when they are a list: with a tuple, any value gets through
+    to run time."""
+    return (list(choices), options)
+
+
 def model_options(what: str) -> dict:
     return {
-        "dtype": (DTYPES, {"default": "auto", "tooltip": (
+        "dtype": combo(DTYPES, default="auto", tooltip=(
             f"Precision of the {what} weights. auto: fp32 on the CPU, bf16 (else fp16) on a GPU. "
-            "bf16 / fp16 halve the memory; only fp32 reproduces reference results bit for bit.")}),
-        "device": (DEVICES, {"default": "auto", "tooltip": (
+            "bf16 / fp16 halve the memory; only fp32 reproduces reference results bit for bit.")),
+        "device": combo(DEVICES, default="auto", tooltip=(
             "auto: run on ComfyUI's device (the GPU when there is one) and rest on the offload device "
-            "between runs; cpu: always run on the CPU (saves GPU memory, slower).")}),
+            "between runs; cpu: always run on the CPU (saves GPU memory, slower).")),
     }
 
 
-ATTENTION = (ATTENTION_BACKENDS, {"default": "auto", "tooltip": (
+ATTENTION = combo(ATTENTION_BACKENDS, default="auto", tooltip=(
     "Attention kernel. auto: xformers on a GPU when it is installed, else PyTorch SDPA; math: the plain "
-    "formula (slow, for checking).")})
+    "formula (slow, for checking)."))
 
 
 def seed() -> tuple:
@@ -39,14 +46,14 @@ def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str
         "guidance": ("FLOAT", {"default": guidance, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": (
             "Classifier-free guidance scale; <= 1 turns guidance off (one model pass per step instead "
             "of two). Small or undertrained models want 2-4.")}),
-        "guidance_schedule": (GUIDANCE_SCHEDULES, {"default": "constant", "tooltip": (
-            "constant: the same scale every step; linear: rises from 1 (no guidance) to the scale over the steps (Muse).")}),
+        "guidance_schedule": combo(GUIDANCE_SCHEDULES, default="constant", tooltip=(
+            "constant: the same scale every step; linear: rises from 1 (no guidance) to the scale over the steps (Muse).")),
         "temperature_start": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (
             "Randomness in choosing which tokens to keep at the first step (linear to temperature_end).")}),
         "temperature_end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.05, "tooltip": (
             "Randomness in choosing which tokens to keep at the last step.")}),
-        "mask_schedule": (tuple(MASK_SCHEDULES), {"default": mask_schedule, "tooltip": (
-            "How many tokens stay masked after each step. cosine: Muse / aMUSEd; linear: aMUSEd inpainting.")}),
+        "mask_schedule": combo(MASK_SCHEDULES, default=mask_schedule, tooltip=(
+            "How many tokens stay masked after each step. cosine: Muse / aMUSEd; linear: aMUSEd inpainting.")),
         "token_temperature": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 100.0, "step": 0.05, "tooltip": (
             "Softmax temperature of the sampled tokens: 1 samples plainly (aMUSEd); below 1 favours the likelier "
             "codes (fewer stray specks on small models).")}),
@@ -61,8 +68,8 @@ def sampling_from(kept: str = "") -> dict:
 
     Optional, and "widgets" when absent: workflows saved before it existed keep their behaviour."""
     also = f" ({kept} still comes from its widget)" if kept else ""
-    return {"sampling_from": (SAMPLING_FROM, {"tooltip": (
+    return {"sampling_from": combo(SAMPLING_FROM, tooltip=(
         "widgets: decode with the steps, guidance and temperature widgets. model: with the settings the loaded "
         "model recommends (its folder's sampling.json, e.g. the embedded model's; aMUSEd's defaults when it has "
         f"none), whatever those widgets say{also}. The seed always comes from its widget; the saved workflow "
-        "records this choice.")})}
+        "records this choice."))}

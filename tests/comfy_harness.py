@@ -7,8 +7,10 @@
   links, positional ``widgets_values``) into the API format posted to ``/prompt`` (``{id: {class_type,
   inputs}}``), the way the front-end does. tools/build_workflows.py writes the shipped workflows with the
   same two modules, so they live in tools/ and this module re-exports them.
-- :func:`run_api` validates inputs as ComfyUI's executor does (required inputs, combo choices, numeric
-  ranges, socket types) and runs the nodes in dependency order.
+- :func:`validate_api` checks a prompt as ComfyUI's ``/prompt`` does (execution.py ``validate_inputs``:
+  required inputs, socket types, numeric ranges, and combo values, which ComfyUI checks only when the
+  choices are a list), every node before any runs; :func:`run_api` validates, then runs the nodes in
+  dependency order.
 - :func:`decoding` gives the seed and decoding widgets of the sampler and editing nodes.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from tools.comfy_offline import ROOT, CoreNodes, load_pack
 from tools.workflow_format import ui_to_api
 
-__all__ = ["ROOT", "CoreNodes", "decoding", "load_pack", "load_workflow", "run_api", "ui_to_api"]
+__all__ = ["ROOT", "CoreNodes", "decoding", "load_pack", "load_workflow", "run_api", "ui_to_api", "validate_api"]
 
 
 def decoding(**changes) -> dict:
@@ -34,9 +36,10 @@ def decoding(**changes) -> dict:
 def _check_value(node_id: str, name: str, spec, value) -> None:
     kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
     where = f"node {node_id}, input {name!r}"
-    if isinstance(kind, (list, tuple)):
+    if isinstance(kind, list):  # ComfyUI's rule: choices given as a tuple are not checked
         if value not in kind:
-            raise ValueError(f"{where}: {value!r} is not one of {list(kind)[:8]}.")
+            choices = kind if len(kind) <= 20 else f"(list of length {len(kind)})"
+            raise ValueError(f"{where}: Value not in list: {name}: {value!r} not in {choices}")
     elif kind in ("INT", "FLOAT"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
             raise ValueError(f"{where}: {value!r} is not a {kind}.")
@@ -48,8 +51,30 @@ def _check_value(node_id: str, name: str, spec, value) -> None:
         raise ValueError(f"{where}: {value!r} is not a BOOLEAN.")
 
 
+def validate_api(prompt: dict, mappings: dict) -> None:
+    """Refuse the prompt, as ComfyUI's /prompt does before anything runs, if any node's inputs are invalid."""
+    for node_id, node in prompt.items():
+        specs = mappings[node["class_type"]].INPUT_TYPES()
+        required, optional = specs.get("required", {}), specs.get("optional", {})
+        missing = [name for name in required if name not in node["inputs"]]
+        if missing:
+            raise ValueError(f"node {node_id} ({node['class_type']}): required inputs {missing} are missing.")
+        for name, value in node["inputs"].items():
+            spec = required.get(name) or optional.get(name)
+            if spec is None:
+                raise ValueError(f"node {node_id} ({node['class_type']}): unknown input {name!r}.")
+            if isinstance(value, list):  # a link: [origin node id, output slot]
+                origin, slot = value
+                produced = mappings[prompt[origin]["class_type"]].RETURN_TYPES[slot]
+                if produced != spec[0]:
+                    raise ValueError(f"node {node_id}: input {name!r} wants {spec[0]}, the link brings {produced}.")
+            else:
+                _check_value(node_id, name, spec, value)
+
+
 def run_api(prompt: dict, mappings: dict) -> dict:
-    """Run every node; returns {node id: {"result": outputs tuple, "ui": ui dict or None}}."""
+    """Validate, then run every node; returns {node id: {"result": outputs tuple, "ui": ui dict or None}}."""
+    validate_api(prompt, mappings)
     done: dict[str, dict] = {}
 
     def run(node_id: str):
@@ -57,26 +82,8 @@ def run_api(prompt: dict, mappings: dict) -> dict:
             return done[node_id]
         node = prompt[node_id]
         cls = mappings[node["class_type"]]
-        specs = cls.INPUT_TYPES()
-        required, optional = specs.get("required", {}), specs.get("optional", {})
-        missing = [name for name in required if name not in node["inputs"]]
-        if missing:
-            raise ValueError(f"node {node_id} ({node['class_type']}): required inputs {missing} are missing.")
-        kwargs = {}
-        for name, value in node["inputs"].items():
-            spec = required.get(name) or optional.get(name)
-            if spec is None:
-                raise ValueError(f"node {node_id} ({node['class_type']}): unknown input {name!r}.")
-            if isinstance(value, list):
-                origin, slot = value
-                origin_cls = mappings[prompt[origin]["class_type"]]
-                produced = origin_cls.RETURN_TYPES[slot]
-                if produced != spec[0]:
-                    raise ValueError(f"node {node_id}: input {name!r} wants {spec[0]}, the link brings {produced}.")
-                kwargs[name] = run(origin)["result"][slot]
-            else:
-                _check_value(node_id, name, spec, value)
-                kwargs[name] = value
+        kwargs = {name: run(value[0])["result"][value[1]] if isinstance(value, list) else value
+                  for name, value in node["inputs"].items()}
         returned = getattr(cls(), cls.FUNCTION)(**kwargs)
         if isinstance(returned, dict):
             done[node_id] = {"result": tuple(returned.get("result", ())), "ui": returned.get("ui")}

@@ -10,12 +10,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import ImageOps
 from safetensors.torch import load_file, save_file
 
 from muse_core.loading import CheckpointError
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import ROOT, CoreNodes, decoding, load_pack, run_api, ui_to_api
+from .comfy_harness import ROOT, CoreNodes, decoding, load_pack, run_api, ui_to_api, validate_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
@@ -79,8 +80,8 @@ def test_node_is_well_formed(nodes, name):
             if section == "optional":
                 assert parameters[input_name].default is None
             if isinstance(kind, (list, tuple)):
-                assert kind or input_name == "model_name", f"{name}.{input_name}: empty choice list"
-                assert not kind or options.get("default", kind[0]) in kind
+                assert kind, f"{name}.{input_name}: empty choice list"
+                assert options.get("default", kind[0]) in kind
             elif kind in ("INT", "FLOAT"):
                 assert options["min"] <= options["default"] <= options["max"], f"{name}.{input_name}"
                 assert isinstance(options["default"], int if kind == "INT" else float)
@@ -90,9 +91,22 @@ def test_node_is_well_formed(nodes, name):
                 assert kind == "STRING" or kind.isupper(), f"{name}.{input_name}: socket types are upper case"
 
 
+def test_combo_choices_are_lists(nodes):
+    """ComfyUI's /prompt checks a combo value only when the choices are a list (execution.py validate_inputs):
+    tuple choices let a bad value such as dtype "fp64" through to run time."""
+    not_lists = [f"{name}.{input_name}" for name, cls in nodes.items()
+                 for section in ("required", "optional") for input_name, spec in cls.INPUT_TYPES().get(section, {}).items()
+                 if not isinstance(spec[0], (str, list))]
+    assert not not_lists, f"combo choices declared as a tuple, so ComfyUI does not validate them: {not_lists}"
+
+
 def test_every_node_has_a_help_page(nodes):
-    missing = [name for name in nodes if not (ROOT / "web" / "docs" / f"{name}.md").is_file()]
-    assert not missing, f"no web/docs page for {missing}"
+    """The front end's help panel asks for docs/<NodeName>/<locale>.md first, then docs/<NodeName>.md."""
+    docs = ROOT / "web" / "docs"
+    missing = [name for name in nodes if not (docs / name / "en.md").is_file()]
+    assert not missing, f"no web/docs/<NodeName>/en.md page for {missing}"
+    pages = sorted(path.relative_to(docs).as_posix() for path in docs.rglob("*.md"))
+    assert pages == sorted(f"{name}/en.md" for name in nodes), "web/docs holds pages of no node, or in another layout"
 
 
 # ---- workflows ---------------------------------------------------------------------------------------
@@ -122,6 +136,61 @@ def test_workflow_runs_headless(path, nodes, core):
     assert saved, "the workflow saved no image"
     for entry in saved:
         assert (core.output_dir / entry["filename"]).stat().st_size > 0
+
+
+def api_workflow(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("workflow, node, name, value", [
+    ("muse_text_to_image", "1", "dtype", "fp64"),
+    ("muse_text_to_image", "1", "device", "cuda:1"),
+    ("muse_text_to_image", "1", "attention", "flash"),
+    ("muse_text_to_image", "3", "guidance_schedule", "cosine"),
+    ("muse_text_to_image", "3", "mask_schedule", "cosin"),
+    ("muse_text_to_image", "3", "sampling_from", "both"),
+    ("muse_inpaint_upscale", "4", "token_rule", "all"),
+    ("muse_best_of_n_rerank", "4", "dtype", "fp64"),
+])
+def test_a_bad_choice_is_refused_before_any_node_runs(nodes, core, workflow, node, name, value):
+    class LoaderThatMustNotRun(nodes["MuseModelLoader"]):
+        def load(self, *args, **kwargs):
+            raise AssertionError("a node ran although the prompt is invalid")
+
+    mappings = {**core.mappings, **nodes, "MuseModelLoader": LoaderThatMustNotRun}
+    prompt = api_workflow(workflow)
+    validate_api(prompt, mappings)  # the shipped workflow itself is valid
+    prompt[node]["inputs"][name] = value
+    with pytest.raises(ValueError, match=rf"node {node}, input '{name}': Value not in list: {name}: '{value}' not in \["):
+        run_api(prompt, mappings)
+
+
+def test_only_list_choices_are_validated_as_comfyui_does():
+    class TupleChoices:
+        RETURN_TYPES = ()
+        FUNCTION = "run"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"dtype": (("auto", "fp32"), {})}}
+
+        def run(self, dtype):
+            return ()
+
+    prompt = {"1": {"class_type": "TupleChoices", "inputs": {"dtype": "fp64"}}}
+    validate_api(prompt, {"TupleChoices": TupleChoices})  # accepted: why test_combo_choices_are_lists exists
+
+
+def test_a_size_beyond_the_models_limit_fails_naming_it(nodes, core):
+    """The widget allows 4096 px (aMUSEd's limit); the embedded model's VQ (factor 4) takes at most 1024 px."""
+    mappings = {**core.mappings, **nodes}
+    prompt = api_workflow("muse_text_to_image")
+    prompt["3"]["inputs"] |= {"width": 4096, "batch_size": 1}
+    validate_api(prompt, mappings)
+    with pytest.raises(ValueError, match=r"width=4096 is 1024 tokens per side; at most 256 \(1024 px with this VQ\)"):
+        run_api(prompt, mappings)
+    sampler = nodes["MuseSampler"].INPUT_TYPES()["required"]
+    assert all("depends on the loaded model" in sampler[side][1]["tooltip"] for side in ("width", "height"))
 
 
 def test_inpaint_workflow_keeps_unmasked_pixels(nodes, core, embedded, conditioning):
@@ -239,6 +308,20 @@ def test_model_lists_show_files_and_component_folders(pack, monkeypatch, tmp_pat
     assert model_files.resolve("loose/my_vq.safetensors") == tmp_path / "loose" / "my_vq.safetensors"
 
 
+def test_clip_list_says_what_to_install_when_there_is_none(pack, nodes, monkeypatch, tmp_path):
+    loader = nodes["MuseCLIPTextLoader"]
+    monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
+    names = loader.INPUT_TYPES()["required"]["model_name"][0]
+    assert names == [comfy_module(pack, "loaders").NO_CLIP_TEXT_ENCODER]
+    assert "clip_l.safetensors" in names[0] and "models/text_encoders" in names[0]
+    with pytest.raises(FileNotFoundError, match="no CLIP text encoder is installed. Put clip_l.safetensors .* in "
+                                                "ComfyUI/models/text_encoders.*press R"):
+        loader().load(names[0], "auto", "auto")
+
+    (tmp_path / "clip_l.safetensors").write_bytes(b"")  # once there is a file, the list offers it alone
+    assert loader.INPUT_TYPES()["required"]["model_name"][0] == ["clip_l.safetensors"]
+
+
 def test_bare_text_encoder_file_uses_comfyuis_tokenizer(pack, nodes, monkeypatch, tmp_path):
     comfy_env = comfy_module(pack, "comfy_env")
     weights = load_file(DEFAULT_MODEL_DIR / "text_encoder" / "model.safetensors")
@@ -260,8 +343,9 @@ class FakeProgressBar:
         self.updates.append((value, total, preview))
 
 
-def test_progress_bar_gets_a_preview_every_step(pack, nodes, embedded, conditioning, monkeypatch):
-    comfy_env = comfy_module(pack, "comfy_env")
+@pytest.fixture
+def progress_bars(pack, monkeypatch):
+    """The progress bars the nodes open, recorded (comfy.utils stood in for)."""
     bars = []
 
     class Utils:
@@ -270,15 +354,28 @@ def test_progress_bar_gets_a_preview_every_step(pack, nodes, embedded, condition
             bars.append(FakeProgressBar(total))
             return bars[-1]
 
-    monkeypatch.setattr(comfy_env, "comfy_utils", Utils)
+    monkeypatch.setattr(comfy_module(pack, "comfy_env"), "comfy_utils", Utils)
+    return bars
+
+
+def test_progress_bar_gets_a_preview_every_step(nodes, embedded, conditioning, progress_bars):
     sample(nodes, embedded, conditioning, batch_size=2, steps=6)
-    (bar,) = bars
+    (bar,) = progress_bars
     assert [value for value, _, _ in bar.updates] == list(range(1, 7)) and bar.total == 6
-    kinds, images, sizes = zip(*[preview for _, _, preview in bar.updates])
+    kinds, images, _ = zip(*[preview for _, _, preview in bar.updates])
     assert set(kinds) == {"JPEG"} and all(image.size == (64, 64) for image in images)
     first, last = (torch.from_numpy(np.asarray(image).reshape(-1, 3).astype(np.float32)) for image in (images[0], images[-1]))
     grey = lambda pixels: ((pixels[:, 0] == pixels[:, 1]) & (pixels[:, 1] == pixels[:, 2])).float().mean()  # noqa: E731
     assert grey(first) > grey(last), "still-masked cells are drawn as a grey checkerboard"
+
+
+def test_preview_is_shown_at_its_own_size(nodes, embedded, conditioning, progress_bars):
+    """ComfyUI's server fits a ("JPEG", image, bound) preview into bound x bound (ImageOps.contain, which also
+    enlarges), and the node then shows that size: a 128x64 preview must reach it as 128 x 64."""
+    sample(nodes, embedded, conditioning, size=128, steps=2)
+    for _, _, (_, image, bound) in progress_bars[0].updates:
+        shown = image if bound is None else ImageOps.contain(image, (bound, bound))  # server.send_image
+        assert image.size == shown.size == (128, 64)
 
 
 def test_cancel_stops_sampling(pack, nodes, embedded, conditioning, monkeypatch):
