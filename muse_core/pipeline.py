@@ -1,17 +1,20 @@
 """A whole model family in one object, loaded from one folder.
 
-Folder layout (diffusers' aMUSEd layout, plus the Muse super-resolution stage)::
+Folder layout (diffusers' aMUSEd layout and Meissonic's hub layout, plus the Muse super-resolution stage)::
 
-    transformer/        base masked-token U-ViT            (config.json + *.safetensors)
+    transformer/        base transformer (config.json + *.safetensors): aMUSEd's masked-token U-ViT, or
+                        Meissonic's / Monetico's (told apart by their tensor names)
     vqvae/              VQ tokenizer of the base model
-    text_encoder/       CLIP text model with projection (aMUSEd) or T5 encoder (Muse)
+    text_encoder/       CLIP text model with projection (aMUSEd: L/14, Meissonic: H/14) or T5 encoder (Muse)
     tokenizer/          the text encoder's tokenizer files
+    scheduler/          optional: scheduler_config.json; its mask token id is checked against the transformer
+    model_index.json    optional, not read (the components are found by their folder names)
     super_res/          optional: Muse super-resolution transformer
     super_res_vqvae/    optional: VQ tokenizer of the super-res grid (default: vqvae/)
     reranker/           optional: a CLIP model (vision + text) to rank candidates by prompt match
     sampling.json       optional: the sampling settings the model is meant to be used with (fields of
                         ``SamplingOptions``, e.g. {"guidance_scale": 3.0, "temperature": [0.5, 0.0]});
-                        without it, aMUSEd's defaults
+                        above the family's own (Meissonic: 48 steps, guidance 9) and aMUSEd's defaults
 
 Any component folder may also be a single self-describing ``.safetensors`` file saved by
 ``muse_core.loading.save_model`` (e.g. ``transformer.safetensors`` instead of ``transformer/``).
@@ -27,13 +30,16 @@ import torch
 from .geometry import check_codebooks, native_size, super_res_grid_scale, super_resolved_size
 from .loading import CheckpointError, load_model
 from .loading.dtypes import check_dtype
-from .loading.files import read_config, read_json, tensor_names
+from .loading.files import find_weight_files, read_config, read_json, tensor_names
+from .loading.kinds import guess_kind
+from .models.meissonic import MeissonicTransformer
 from .models.super_res import SuperResTransformer
 from .models.uvit import MaskedTokenUViT
 from .models.vq import VQTokenizer
 from .sampling.sampler import SamplingOptions
 
 SAMPLING_FILE = "sampling.json"
+SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 RERANKER_FOLDER = "reranker"  # optional: a full CLIP model for best-of-K reranking (muse_core.rerank)
 
 # The small cascade the project trains and ships (muse_core/training/cascade.py), so the pack works offline.
@@ -42,12 +48,12 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 @dataclasses.dataclass
 class MusePipeline:
-    transformer: MaskedTokenUViT
+    transformer: MaskedTokenUViT | MeissonicTransformer
     vq: VQTokenizer
     text_encoder: "TextEncoder"  # noqa: F821  (muse_core.text, imported lazily: transformers is heavy)
     super_res: SuperResTransformer | None = None
     super_res_vq: VQTokenizer | None = None  # the super-res grid's VQ; set to ``vq`` when the folder has none
-    sampling: dict = dataclasses.field(default_factory=dict)  # the folder's sampling.json
+    sampling: dict = dataclasses.field(default_factory=dict)  # the recommended settings (see load_pipeline)
 
     def sampling_options(self, **values) -> SamplingOptions:
         """``SamplingOptions`` from ``values``, the model's recommended settings where a value is None or
@@ -118,6 +124,24 @@ def load_text_encoder(path: str | Path, tokenizer_path=None, dtype=torch.float32
     return loader(path, tokenizer_path=tokenizer_path, dtype=dtype, device=device, variant=variant)
 
 
+def transformer_class(path: str | Path, variant: str | None = None) -> type[MaskedTokenUViT | MeissonicTransformer]:
+    """The base transformer class of a component folder or file, told by its tensor names."""
+    path = Path(path)
+    files = find_weight_files(path, variant) if path.is_dir() else [path]
+    guess = guess_kind(name for file in files for name in tensor_names(file))
+    return MeissonicTransformer if guess is not None and guess[0] == MeissonicTransformer.kind else MaskedTokenUViT
+
+
+def load_transformer(path: str | Path, dtype: torch.dtype | None = torch.float32, device="cpu",
+                     variant: str | None = None, attention: str = "auto") -> MaskedTokenUViT | MeissonicTransformer:
+    """A base transformer of any family (aMUSEd / Muse U-ViT, Meissonic) from its folder or file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder.")
+    return load_model(transformer_class(path, variant), path, dtype=dtype, device=device, variant=variant,
+                      attention=attention)
+
+
 def load_pipeline(
     folder: str | Path,
     dtype: torch.dtype = torch.float32,
@@ -126,11 +150,15 @@ def load_pipeline(
     attention: str = "auto",
     text_dtype: torch.dtype | None = None,
     vq_dtype: torch.dtype = torch.float32,
+    text_encoder: str | Path | None = None,
+    tokenizer: str | Path | None = None,
 ) -> MusePipeline:
     """Load every component of a model folder (layout in this module's docstring).
 
     ``dtype`` is for the transformers; ``text_dtype`` defaults to it; the VQ defaults to fp32 because
-    its decoder gives NaNs in fp16.
+    its decoder gives NaNs in fp16. ``text_encoder`` replaces the folder's ``text_encoder/`` (e.g. the laion
+    CLIP-ViT-H-14 folder Meissonic's scripts prefer, or a ComfyUI ``clip_h`` file), with the folder's
+    ``tokenizer/`` unless ``tokenizer`` is given or the encoder folder has its own.
     """
     dtype, vq_dtype = check_dtype(dtype), check_dtype(vq_dtype, "vq_dtype")
     text_dtype = check_dtype(text_dtype, "text_dtype")
@@ -138,18 +166,35 @@ def load_pipeline(
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; load_pipeline wants a model folder (see muse_core.pipeline).")
     common = dict(device=device, variant=variant)
-    transformer = load_model(MaskedTokenUViT, _require(folder, "transformer"), dtype=dtype, attention=attention, **common)
+    transformer = load_transformer(_require(folder, "transformer"), dtype=dtype, attention=attention, **common)
+    check_scheduler_config(folder, transformer)
     vq = load_model(VQTokenizer, _require(folder, "vqvae"), dtype=vq_dtype, attention=attention, **common)
-    tokenizer = _component(folder, "tokenizer")
+    text_path = _require(folder, "text_encoder") if text_encoder is None else Path(text_encoder)
     text_encoder = load_text_encoder(
-        _require(folder, "text_encoder"), tokenizer_path=tokenizer, dtype=text_dtype or dtype, **common
+        text_path, tokenizer_path=tokenizer or _component(folder, "tokenizer"), dtype=text_dtype or dtype, **common
     )
     super_res = super_res_vq = None
     if (path := _component(folder, "super_res")) is not None:
         super_res = load_model(SuperResTransformer, path, dtype=dtype, attention=attention, **common)
         if (vq_path := _component(folder, "super_res_vqvae")) is not None:
             super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
-    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, read_sampling_defaults(folder))
+    sampling = transformer.sampling_defaults | read_sampling_defaults(folder)
+    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, sampling)
+
+
+def check_scheduler_config(folder: Path, transformer) -> None:
+    """Refuse a hub ``scheduler/scheduler_config.json`` whose mask token is not the transformer's. Its masking
+    schedule is not read: every schedule is a sampling option, and inpainting defaults to linear regardless."""
+    path = folder / SCHEDULER_CONFIG
+    if not path.is_file():
+        return
+    config = read_json(path, "Fix the file, or delete it (it only names the mask token and the schedule).")
+    mask_token_id = config.get("mask_token_id", transformer.mask_token_id)
+    if mask_token_id != transformer.mask_token_id:
+        raise CheckpointError(
+            f"{path}: mask_token_id {mask_token_id} but the transformer's mask token is {transformer.mask_token_id} "
+            "(its vocab_size - 1): the scheduler belongs to another model. Use the model's own scheduler/ folder."
+        )
 
 
 def read_sampling_defaults(folder: Path) -> dict:

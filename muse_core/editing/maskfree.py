@@ -21,6 +21,7 @@ from ..geometry import check_codebooks
 from ..limits import MAX_EDIT_ITERATIONS, check_image_batch, check_int, check_number
 from ..sampling.generate import encode_prompts, micro_conditions, prompts_per_image
 from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
+from ..sampling.schedules import timestep_for_fraction
 from .inpaint import EditResult, mask_to_token_grid, prepare_mask
 
 # The paper's settings (section 3.3.2): the defaults of the API, the CLI and the node.
@@ -48,6 +49,7 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
 
     cond, uncond = encode_prompts(text_encoder, prompts, negative_prompt, 1, options.guided)
     guided = GuidedModel(model, cond, uncond, micro_conditions(height, width, batch, options))
+    timestep = timestep_for_fraction(fraction, options.steps)  # read only by Meissonic
     generators = generators_for(seed, batch, ids.device)
     candidates = [e.flatten().nonzero()[:, 0].to(ids.device) for e in eligible]
     for iteration in range(iterations):
@@ -57,7 +59,7 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
             picks = candidates[k][torch.randperm(len(candidates[k]), generator=generator, device=ids.device)[: counts[k]]]
             chosen.append(picks)
             flat[k, picks] = model.mask_token_id
-        logits = guided(ids, guidance_scale).flatten(2).transpose(1, 2)  # [B, L, K]
+        logits = guided(ids, guidance_scale, timestep).flatten(2).transpose(1, 2)  # [B, L, K]
         for k, (generator, picks) in enumerate(zip(generators, chosen)):
             if not len(picks):
                 continue

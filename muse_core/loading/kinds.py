@@ -6,9 +6,11 @@ from __future__ import annotations
 from .errors import CheckpointError
 
 # (kind, what it is, name prefixes that only this kind has), checked in order: a super-res model holds
-# a whole U-ViT under ``transformer.``, so its own lowres_* tensors are looked for first.
+# a whole U-ViT under ``transformer.``, so its own lowres_* tensors are looked for first, and a Meissonic
+# transformer shares aMUSEd's embedding and head names, so its own blocks are looked for before the U-ViT's.
 KINDS = (
     ("super_res", "a super-res transformer", ("lowres_embed.", "lowres_layers.")),
+    ("meissonic", "a Meissonic transformer", ("single_transformer_blocks.", "context_embedder.")),
     ("uvit", "a U-ViT transformer", ("encoder_proj.", "mlm_layer.")),
     ("vq", "a VQ tokenizer", ("quantize.", "quant_conv.", "post_quant_conv.")),
     ("t5", "a T5 text encoder", ("encoder.block.", "shared.")),

@@ -44,6 +44,10 @@ class ModelConfig:
 class MuseModel(nn.Module):
     kind: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
+    # True when forward_with_text takes the scheduler's timestep as a third argument (Meissonic)
+    timestep_conditioned: ClassVar[bool] = False
+    # The family's recommended SamplingOptions fields, below a folder's sampling.json (muse_core.pipeline)
+    sampling_defaults: ClassVar[dict] = {}
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -110,6 +110,62 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
+
+class TokenEmbedding(nn.Module):
+    """Token ids ``[B, h, w]`` -> embedding, RMSNorm, 1x1 conv -> ``[B, channels, h, w]`` (aMUSEd's ``UVit2DConvEmbed``)."""
+
+    def __init__(self, vocab_size: int, dim: int, channels: int, eps: float, affine: bool, bias: bool):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, dim)
+        self.layer_norm = RMSNorm(dim, eps, affine)
+        self.conv = nn.Conv2d(dim, channels, kernel_size=1, bias=bias)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.conv(rearrange(self.layer_norm(self.embeddings(ids)), "b h w c -> b c h w"))
+
+
+class MlmHead(nn.Module):
+    """``[B, channels, h, w]`` -> 1x1 conv, RMSNorm, 1x1 conv -> logits ``[B, codebook_size, h, w]`` (``ConvMlmLayer``)."""
+
+    def __init__(self, channels: int, dim: int, codebook_size: int, eps: float, affine: bool, bias: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, dim, kernel_size=1, bias=bias)
+        self.layer_norm = RMSNorm(dim, eps, affine)
+        self.conv2 = nn.Conv2d(dim, codebook_size, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.conv2(x)
+
+
+class CondEmbedding(nn.Module):
+    """linear, SiLU, linear (diffusers' ``TimestepEmbedding`` and ``PixArtAlphaTextProjection`` keys)."""
+
+    def __init__(self, in_dim: int, dim: int, bias: bool):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim, bias=bias)
+        self.linear_2 = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class Resample(nn.Module):
+    """RMSNorm over channels, then a 2x2 stride-2 conv (down) or transposed conv (up)."""
+
+    def __init__(self, channels: int, eps: float, affine: bool, bias: bool, up: bool):
+        super().__init__()
+        self.up = up
+        self.norm = RMSNorm(channels, eps, affine)
+        conv = nn.ConvTranspose2d if up else nn.Conv2d
+        self.conv = conv(channels, channels, kernel_size=2, stride=2, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if not self.up:
+            x = F.pad(x, (0, 1, 0, 1))  # diffusers pads right/bottom before the k2 s2 conv
+        return self.conv(x)
+
 def sinusoidal_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[cos, sin] features of scalars ``[N]`` -> ``[N, dim]`` (diffusers' timestep embedding, flip_sin_to_cos, no shift)."""
     half = dim // 2

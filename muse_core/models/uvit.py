@@ -22,9 +22,13 @@ from .base import ModelConfig, MuseModel, count_children
 from .layers import (
     AdaptiveNorm,
     Attention,
+    CondEmbedding,
     FeedForward,
     GlobalResponseNorm,
+    MlmHead,
+    Resample,
     RMSNorm,
+    TokenEmbedding,
     grid_positions,
     sinusoidal_embedding,
 )
@@ -143,21 +147,6 @@ class CrossAttentionBlock(nn.Module):
         return x + self.attn2(self.norm2(x), context_mask=text.mask, key_value=text.keys_values[self.attn2])
 
 
-class Resample(nn.Module):
-    """RMSNorm over channels, then a 2x2 stride-2 conv (down) or transposed conv (up)."""
-
-    def __init__(self, channels: int, eps: float, affine: bool, bias: bool, up: bool):
-        super().__init__()
-        self.up = up
-        self.norm = RMSNorm(channels, eps, affine)
-        conv = nn.ConvTranspose2d if up else nn.Conv2d
-        self.conv = conv(channels, channels, kernel_size=2, stride=2, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        if not self.up:
-            x = F.pad(x, (0, 1, 0, 1))  # diffusers pads right/bottom before the k2 s2 conv
-        return self.conv(x)
 
 
 class UViTBlock(nn.Module):
@@ -212,37 +201,10 @@ class TransformerLayer(nn.Module):
         return x + self.ff(self.norm3(x, text.cond))
 
 
-class TokenEmbedding(nn.Module):
-    def __init__(self, cfg: UViTConfig):
-        super().__init__()
-        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.in_channels)
-        self.layer_norm = RMSNorm(cfg.in_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
-        self.conv = nn.Conv2d(cfg.in_channels, cfg.block_out_channels, kernel_size=1, bias=cfg.use_bias)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.conv(rearrange(self.layer_norm(self.embeddings(ids)), "b h w c -> b c h w"))
 
 
-class MlmHead(nn.Module):
-    def __init__(self, cfg: UViTConfig):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cfg.block_out_channels, cfg.in_channels, kernel_size=1, bias=cfg.use_bias)
-        self.layer_norm = RMSNorm(cfg.in_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
-        self.conv2 = nn.Conv2d(cfg.in_channels, cfg.codebook_size, kernel_size=1, bias=cfg.use_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(self.conv1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.conv2(x)
 
 
-class CondEmbedding(nn.Module):
-    def __init__(self, in_dim: int, dim: int, bias: bool):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim, bias=bias)
-        self.linear_2 = nn.Linear(dim, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class MaskedTokenUViT(MuseModel):
@@ -256,7 +218,8 @@ class MaskedTokenUViT(MuseModel):
         cfg = config
         self.encoder_proj = nn.Linear(cfg.encoder_hidden_size, cfg.hidden_size, bias=cfg.use_bias)
         self.encoder_proj_layer_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
-        self.embed = TokenEmbedding(cfg)
+        self.embed = TokenEmbedding(cfg.vocab_size, cfg.in_channels, cfg.block_out_channels, cfg.layer_norm_eps,
+                                    cfg.ln_elementwise_affine, cfg.use_bias)
         self.cond_embed = CondEmbedding(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, cfg.hidden_size, cfg.use_bias)
         self.down_block = UViTBlock(cfg, downsample=cfg.downsample, upsample=False)
         self.project_to_hidden_norm = RMSNorm(cfg.block_out_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
@@ -265,7 +228,8 @@ class MaskedTokenUViT(MuseModel):
         self.project_from_hidden_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
         self.project_from_hidden = nn.Linear(cfg.hidden_size, cfg.block_out_channels, bias=cfg.use_bias)
         self.up_block = UViTBlock(cfg, downsample=False, upsample=cfg.upsample)
-        self.mlm_layer = MlmHead(cfg)
+        self.mlm_layer = MlmHead(cfg.block_out_channels, cfg.in_channels, cfg.codebook_size, cfg.layer_norm_eps,
+                                 cfg.ln_elementwise_affine, cfg.use_bias)
 
     @property
     def mask_token_id(self) -> int:

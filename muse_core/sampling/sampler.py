@@ -22,7 +22,14 @@ import torch
 from ..limits import MAX_STEPS, MAX_TOKENS_PER_SIDE, MAX_VQ_FACTOR, check_int, check_number, check_seed
 from ..models.micro_conds import AESTHETIC_SCORE, CROP_COORDS
 from ..text.conditioning import TextConditioning
-from .schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES, guidance_at, masked_fraction, temperatures
+from .schedules import (
+    GUIDANCE_SCHEDULES,
+    MASK_SCHEDULES,
+    guidance_at,
+    masked_fraction,
+    scheduler_timestep,
+    temperatures,
+)
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (steps done, total steps, current ids [B, h, w]); raise to cancel."""
@@ -84,7 +91,7 @@ def check_text_width(model, text: TextConditioning) -> None:
         raise ValueError(
             f"the text encoder gives {widths[0]}-wide token states and a {widths[1]}-wide pooled vector, but the "
             f"transformer expects {config.encoder_hidden_size} and {config.cond_embed_dim}: use the text encoder "
-            "this transformer was trained with (T5 for Muse models, CLIP-L/14 for aMUSEd)."
+            "this transformer was trained with (T5 for Muse models, CLIP-L/14 for aMUSEd, CLIP-H/14 for Meissonic)."
         )
 
 
@@ -110,10 +117,11 @@ class GuidedModel:
         self.guided = uncond is not None
 
     @torch.no_grad()
-    def __call__(self, ids: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-        """``ids [B, h, w]`` -> guided float32 logits ``[B, K, h, w]``."""
+    def __call__(self, ids: torch.Tensor, guidance_scale: float, timestep: int) -> torch.Tensor:
+        """``ids [B, h, w]`` at the scheduler's ``timestep`` -> guided float32 logits ``[B, K, h, w]``."""
         model_ids = torch.cat([ids, ids]) if self.guided else ids
-        logits = self.model.forward_with_text(model_ids, self.text_context)
+        time = (timestep,) if self.model.timestep_conditioned else ()
+        logits = self.model.forward_with_text(model_ids, self.text_context, *time)
         if not self.guided:
             return logits.float()
         uncond, cond = logits.float().chunk(2)
@@ -173,7 +181,7 @@ def decode(
     temps = temperatures(options.temperature, options.steps).to(ids.device)  # [steps]
     for step in range(start_step, options.steps):
         scale = guidance_at(options.guidance_scale, options.guidance_schedule, step, options.steps)
-        logits = guided_model(ids, scale)
+        logits = guided_model(ids, scale, scheduler_timestep(step, options.steps))
         ids = unmask_step(logits, ids, step, options.steps, mask_token_id, generators, temps[step],
                           options.mask_schedule, starting_mask_ratio, options.token_temperature)
         if callback is not None:

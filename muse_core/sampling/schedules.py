@@ -38,6 +38,21 @@ def temperatures(temperature: float | tuple[float, float], num_steps: int) -> to
     return torch.linspace(start, end, num_steps)
 
 
+def scheduler_timestep(step: int, num_steps: int) -> int:
+    """The timestep aMUSEd's scheduler gives step ``step`` of ``num_steps``: its timesteps are the step indices
+    in descending order (N - 1 .. 0). Only timestep-conditioned transformers (Meissonic) see it."""
+    return num_steps - 1 - step
+
+
+def timestep_for_fraction(fraction: float, num_steps: int, schedule: str = "cosine") -> int:
+    """The scheduler timestep of the step whose input has ``fraction`` of its tokens masked (the first step
+    at or below it): what a timestep-conditioned model is told when a fraction is masked outside the decoding
+    loop (mask-free editing)."""
+    steps = range(num_steps)
+    step = next((i for i in steps if masked_fraction(schedule, i, num_steps).item() <= fraction), num_steps - 1)
+    return scheduler_timestep(step, num_steps)
+
+
 def guidance_at(scale: float, schedule: str, step: int, num_steps: int) -> float:
     """Classifier-free guidance scale at ``step``: constant, or rising linearly from 1 to ``scale`` (Muse)."""
     if schedule == "constant":
