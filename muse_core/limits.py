@@ -15,10 +15,11 @@ MAX_STEPS = 1000  # decoding steps; beyond this a typo is likelier than a wish
 MAX_IMAGES = 1000  # images in one call (prompts x num_images_per_prompt, -n, a node's batch)
 MAX_EDIT_ITERATIONS = 10_000  # mask-free editing rounds
 MAX_TOKENS_PER_SIDE = 256  # 4096 px at f16
-MAX_VQ_FACTOR = 16  # the coarsest VQ of the families this pack runs or targets (aMUSEd; Meissonic next)
+MAX_VQ_FACTOR = 16  # the coarsest VQ of the families this pack runs (aMUSEd, Meissonic)
 MAX_PIXELS_PER_SIDE = MAX_TOKENS_PER_SIDE * MAX_VQ_FACTOR  # no supported model tokenizes a larger image
 # Image k of a batch draws with seed + k; torch generators take seeds below 2**64, so seed + MAX_IMAGES fits.
 MAX_SEED = 2**63 - 1
+MAX_LORA_STRENGTH = 10.0  # |strength|: LoRAs are used at about -2 to 2; beyond 10 it is a typo, not a wish
 
 
 def check_number(name: str, value, low: float = -math.inf, high: float = math.inf) -> float:

@@ -11,8 +11,10 @@ import torch
 
 from ..attention import BACKENDS, check_backend
 from ..editing import INPAINT_MASK_SCHEDULE
-from ..limits import MAX_IMAGES, MAX_SEED, MAX_STEPS, check_text
+from ..limits import MAX_IMAGES, MAX_LORA_STRENGTH, MAX_SEED, MAX_STEPS, check_text
 from ..loading.dtypes import DTYPE_NAMES
+from ..loading.errors import CheckpointError
+from ..loading.lora import apply_lora, lora_parts
 from ..pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline, read_sampling_defaults
 from ..sampling import SamplingOptions
 from ..sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
@@ -82,6 +84,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default="fp32",
                        help="precision of the transformers and text encoder; the VQ stays fp32 (default: fp32)")
     group.add_argument("--attention", choices=BACKENDS, default="auto", help="attention backend (default: auto)")
+    group.add_argument("--lora", action="append", metavar="FILE[:STRENGTH]",
+                       help="apply a LoRA file (diffusers' aMUSEd format, .safetensors) at STRENGTH "
+                            f"(default 1, from -{MAX_LORA_STRENGTH:g} to {MAX_LORA_STRENGTH:g}); repeat for several")
 
 
 def add_output_options(parser: argparse.ArgumentParser, default_name: str) -> None:
@@ -179,10 +184,46 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def split_lora(text: str) -> tuple[Path, float]:
+    """``FILE[:STRENGTH]`` -> (file, strength). Paths may hold ':' themselves, so only a last ':' followed by
+    a number splits off a strength; the strength is checked here, the file by :func:`check_loras`."""
+    path, _, tail = text.rpartition(":")
+    try:
+        strength = float(tail)
+    except ValueError:
+        strength = None
+    if strength is None or not path:  # no number after a ':' that follows a path: it is all the path
+        return Path(text), 1.0
+    if not (math.isfinite(strength) and abs(strength) <= MAX_LORA_STRENGTH):
+        raise UsageError(f"--lora {text}: the strength must be a number from -{MAX_LORA_STRENGTH:g} to "
+                         f"{MAX_LORA_STRENGTH:g}, got {tail}; write FILE:STRENGTH, e.g. {path}:0.8.")
+    return Path(path), strength
+
+
+def check_loras(texts: list[str] | None) -> list[tuple[Path, float]]:
+    """The ``--lora`` arguments as (file, strength), each file checked to be a LoRA before any model loads."""
+    loras = []
+    for text in texts or ():
+        path, strength = split_lora(text)
+        try:
+            lora_parts(path)
+        except CheckpointError as error:
+            hint = " (if the part after ':' was meant as a strength: it must be a number, e.g. FILE:0.8)" \
+                if ":" in str(path) else ""
+            raise UsageError(f"--lora: {error}{hint}") from None
+        loras.append((path, strength))
+    return loras
+
+
 def load_model_folder(folder: Path, args) -> MusePipeline:
+    """The model folder's pipeline, with the ``--lora`` files applied in order."""
+    loras = check_loras(args.lora)
     device = pick_device(args.device)
     try:
         check_backend(args.attention)
     except RuntimeError as error:  # xformers asked for where it cannot run
         raise UsageError(str(error)) from None
-    return load_pipeline(folder, dtype=DTYPE_NAMES[args.dtype], device=device, attention=args.attention)
+    pipe = load_pipeline(folder, dtype=DTYPE_NAMES[args.dtype], device=device, attention=args.attention)
+    for path, strength in loras:
+        apply_lora(pipe, path, strength)  # the handle is dropped: the pipeline lives only for this command
+    return pipe

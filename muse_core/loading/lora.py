@@ -8,6 +8,10 @@ Alphas: that save writes no alphas and no adapter metadata, and diffusers then t
 per module (``get_peft_kwargs``), i.e. scale 1: ``W + B @ A``. A file whose safetensors header carries
 diffusers' ``lora_adapter_metadata`` (other trainers write it) has its ``lora_alpha`` / ``r`` (and
 ``alpha_pattern`` / ``rank_pattern``, ``use_rslora``) honoured; DoRA and LoRA biases are refused.
+
+``apply_lora`` patches weights in place; ``lora_patches`` computes the patched values without touching the
+model (the ComfyUI node builds a patched copy from them); ``lora_parts`` checks a file from its header alone,
+before any model loads (the CLI's ``--lora``, the node).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..limits import check_number
+from ..limits import MAX_LORA_STRENGTH, check_number
 from .errors import CheckpointError
+from .files import tensor_names
 from .fill import listing
 
 PREFIXES = ("transformer", "text_encoder")
@@ -64,16 +70,33 @@ def _targets(model_or_pipe) -> dict[str, nn.Module]:
     return targets
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open  # noqa: PLC0415
-
+def lora_parts(path) -> set[str]:
+    """The parts of a model a LoRA file patches (``transformer``, ``text_encoder``), read from its header
+    alone: the check made before any model loads. CheckpointError if it is not a LoRA .safetensors file."""
+    path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: LoRA files are read as .safetensors only (pickles are never loaded).")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such LoRA file.")
+    names = tensor_names(path)
+    parts = {prefix for prefix, _, rest in (name.partition(".") for name in names)
+             if prefix in PREFIXES and _PAIR.match(rest)}
+    if not parts:
+        raise CheckpointError(
+            f"{path}: holds no LoRA weights (no lora_A / lora_B keys under {' or '.join(PREFIXES)}; its keys: "
+            f"{listing(names) or 'none'}). It is not a LoRA, or one for another model family.")
+    return parts
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open  # noqa: PLC0415
+
+    lora_parts(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError) as e:  # missing file, or not a safetensors file
+    except (SafetensorError, OSError, ValueError) as e:  # truncated data surfaces only when a tensor is read
         raise CheckpointError(f"{path}: cannot read this LoRA file ({e}).") from e
     raw = header.get(METADATA_KEY)
     try:
@@ -152,26 +175,40 @@ def _plan(tensors, metadata, targets, path) -> list[tuple[nn.Parameter, torch.Te
         problems.append(f"{len(mismatched)} shape(s) do not fit: {listing(mismatched, '; ')}")
     if problems:
         raise CheckpointError(f"{path}: not a LoRA for this model; {'. '.join(problems)}. Nothing was changed.")
-    if not plan:
-        raise CheckpointError(f"{path}: holds no LoRA weights ({', '.join(PREFIXES)} prefixes).")
-    return plan
+    return plan  # not empty: _read found a LoRA pair, and each pair is planned or a problem
+
+
+def _patched(weight: torch.Tensor, delta: torch.Tensor, factor: float) -> torch.Tensor:
+    """``W + factor * delta``, summed in float32 on the weight's device and rounded once to its dtype."""
+    return (weight.detach().float() + factor * delta.to(weight.device)).to(weight.dtype)
+
+
+def lora_patches(model_or_pipe, path, strength: float = 1.0) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+    """Each weight of ``model_or_pipe`` that the file changes, with its patched value
+    ``W + strength * scale * (B @ A)``; nothing is modified.
+
+    The file is checked whole first (CheckpointError before any work); the values are then computed one at
+    a time, as they are taken. At strength 0 there are none.
+    """
+    strength = check_number("LoRA strength", strength, -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+    path = Path(path)
+    tensors, metadata = _read(path)
+    plan = _plan(tensors, metadata, _targets(model_or_pipe), path)
+    if strength == 0:
+        return iter(())
+    return ((weight, _patched(weight, delta, strength * scale)) for weight, delta, scale in plan)
 
 
 def apply_lora(model_or_pipe, path, strength: float = 1.0) -> LoraHandle:
     """Patch ``W += strength * scale * (B @ A)`` into a MusePipeline, a MaskedTokenUViT or a text encoder.
 
-    Every key is checked before any weight changes. At strength 0 no weight is touched, so outputs are
-    bitwise the base model's. The sum is formed in float32 and rounded once to the weight's dtype.
+    ``strength``: from -MAX_LORA_STRENGTH to MAX_LORA_STRENGTH. Every key is checked before any weight
+    changes. At strength 0 no weight is touched, so outputs are bitwise the base model's. The sum is formed
+    in float32 and rounded once to the weight's dtype.
     """
-    strength = check_number("LoRA strength", strength)
-    path = Path(path)
-    tensors, metadata = _read(path)
-    plan = _plan(tensors, metadata, _targets(model_or_pipe), path)
     originals = []
-    if strength != 0:
-        with torch.no_grad():
-            for weight, delta, scale in plan:
-                originals.append((weight, weight.detach().clone()))
-                patched = weight.float() + (strength * scale) * delta.to(weight.device)
-                weight.copy_(patched.to(weight.dtype))
+    with torch.no_grad():
+        for weight, patched in lora_patches(model_or_pipe, path, strength):
+            originals.append((weight, weight.detach().clone()))
+            weight.copy_(patched)
     return LoraHandle(originals)
