@@ -178,8 +178,12 @@ def load_pipeline(
         super_res = load_model(SuperResTransformer, path, dtype=dtype, attention=attention, **common)
         if (vq_path := _component(folder, "super_res_vqvae")) is not None:
             super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
-    sampling = transformer.sampling_defaults | read_sampling_defaults(folder)
-    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, sampling)
+    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, recommended_sampling(transformer, folder))
+
+
+def recommended_sampling(model, folder: Path) -> dict:
+    """The settings a model is meant to be sampled with: its family's, under its folder's ``sampling.json``."""
+    return model.sampling_defaults | read_sampling_defaults(folder)
 
 
 def check_scheduler_config(folder: Path, transformer) -> None:

@@ -7,9 +7,8 @@ import torch
 
 from muse_core.loading import load_model
 from muse_core.models.super_res import SuperResTransformer
-from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.models.vq import VQTokenizer
-from muse_core.pipeline import load_pipeline, read_sampling_defaults
+from muse_core.pipeline import load_pipeline, load_transformer, recommended_sampling
 from muse_core.rerank import load_clip_scorer
 from muse_core.text import load_clip_encoder, load_t5_encoder
 from muse_core.text.loading import has_own_tokenizer
@@ -25,9 +24,10 @@ TEXT_FOLDERS = (comfy_env.MUSE_FOLDER, comfy_env.TEXT_ENCODER_FOLDER)
 
 class MuseModelLoader:
     DESCRIPTION = (
-        "Loads a whole Muse or aMUSEd model folder (diffusers layout: transformer/, vqvae/, text_encoder/, "
-        "tokenizer/, optional super_res/ and super_res_vqvae/) from models/muse, or the embedded default "
-        "model. Super-res outputs are empty when the folder has no super-res stage."
+        "Loads a whole model folder from models/muse: Muse, aMUSEd, Meissonic or Monetico (diffusers / hub "
+        "layout: transformer/, vqvae/, text_encoder/, tokenizer/, optional scheduler/, super_res/ and "
+        "super_res_vqvae/), or the embedded default model. Super-res outputs are empty when the folder has "
+        "no super-res stage."
     )
     CATEGORY = "Muse/loaders"
     RETURN_TYPES = (TRANSFORMER, VQ, TEXT_ENCODER, SUPER_RES, VQ)
@@ -35,7 +35,7 @@ class MuseModelLoader:
     OUTPUT_TOOLTIPS = (
         "The base masked-token transformer.",
         "The VQ tokenizer of the base transformer (images <-> tokens).",
-        "The text encoder (T5 for Muse, CLIP for aMUSEd) with its tokenizer.",
+        "The text encoder (T5 for Muse, CLIP-L/14 for aMUSEd, CLIP-H/14 for Meissonic) with its tokenizer.",
         "The super-resolution transformer (empty if the folder has none).",
         "The VQ tokenizer of the super-resolution grid (empty if the folder has no super-res stage).",
     )
@@ -79,7 +79,7 @@ class _ComponentLoader:
     label: str
     embedded: list[str]
     default_dtype = None  # None: the dtype widget's auto rule
-    recommends_sampling = False  # transformers: pass their folder's sampling.json on to the samplers
+    recommends_sampling = False  # transformers: pass their recommended settings on to the samplers
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -94,22 +94,30 @@ class _ComponentLoader:
     def load(self, model_name, dtype, device, attention):
         target = compute_device(device)
         path = resolve(model_name)
-        model = load_model(self.model_class, path, dtype=torch_dtype(dtype, target, self.default_dtype),
-                           device=at_rest_device(target), attention=attention)
-        # a component's recommended settings are its model folder's sampling.json, as for the whole folder
-        sampling = read_sampling_defaults(path.parent) if self.recommends_sampling else {}
+        model = self.load_component(path, dtype=torch_dtype(dtype, target, self.default_dtype),
+                                    device=at_rest_device(target), attention=attention)
+        # a component's recommended settings: its family's and its model folder's sampling.json, as for a folder
+        sampling = recommended_sampling(model, path.parent) if self.recommends_sampling else {}
         return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling),)
+
+    def load_component(self, path, **options):
+        return load_model(self.model_class, path, **options)
 
 
 class MuseTransformerLoader(_ComponentLoader):
-    DESCRIPTION = "Loads a base masked-token transformer (aMUSEd's transformer/ folder, or one .safetensors file)."
+    DESCRIPTION = (
+        "Loads a base masked-token transformer (a transformer/ folder, or one .safetensors file) of any family: "
+        "aMUSEd / Muse U-ViT or Meissonic / Monetico, told apart by the file's tensors."
+    )
     RETURN_TYPES = (TRANSFORMER,)
     RETURN_NAMES = ("transformer",)
     OUTPUT_TOOLTIPS = ("The base transformer, for the Muse Sampler, inpainting and editing nodes.",)
-    model_class = MaskedTokenUViT
     label = "base transformer"
     recommends_sampling = True
     embedded = ["transformer.safetensors"]
+
+    def load_component(self, path, **options):
+        return load_transformer(path, **options)
 
 
 class MuseSuperResLoader(_ComponentLoader):

@@ -177,3 +177,19 @@ def test_real_config_forward_runs():
     with torch.no_grad():
         logits = model(ids, torch.randn(1, 77, 1024), torch.randn(1, 1024), model.default_micro_conds(256, 256, 1), 47)
     assert logits.shape == (1, 8192, 16, 16) and torch.isfinite(logits).all()
+
+
+def test_the_nodes_run_it_as_the_reference_does(monkeypatch, tmp_path):
+    """Model Loader -> Text Encode -> Sampler (settings from the model) give the reference pipeline's ids."""
+    from .comfy_harness import decoding, load_pack  # noqa: PLC0415
+
+    shutil.copytree(FIXTURES / "monetico_tiny", tmp_path / "monetico_tiny")
+    monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    transformer, vq, text_encoder, super_res, _ = nodes["MuseModelLoader"]().load("monetico_tiny", "fp32", "cpu", "auto")
+    assert super_res is None
+    conditioning = nodes["MuseTextEncode"]().encode(text_encoder, PROMPT, "a dog")[0]
+    tokens, _ = nodes["MuseSampler"]().sample(transformer, vq, conditioning, 512, 512, 1, 1.0, None,
+                                              sampling_from="model", **decoding(seed=1))
+    golden = load_file(FIXTURES / "monetico_tiny" / "golden.safetensors")
+    assert torch.equal(tokens.ids, golden["generate.negative.seed1"].long())

@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python tools/build_workflows.py` puts only tools/ itself on sys.path
 
+from muse_core.models.meissonic import SAMPLING_DEFAULTS as MEISSONIC_DEFAULTS  # noqa: E402  (after sys.path.insert)
 from muse_core.pipeline import DEFAULT_MODEL_DIR, read_sampling_defaults  # noqa: E402  (after sys.path.insert)
 from nodes.sampling import decoding_widget_values  # noqa: E402  (after sys.path.insert)
 from tools.comfy_offline import CoreNodes, load_pack  # noqa: E402  (after sys.path.insert)
@@ -34,10 +35,17 @@ CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewIma
 EXTRA_HEIGHT = {"LoadImage": 260, "SaveImage": 240, "PreviewImage": 240, "MuseSampler": 240, "MuseSuperResSampler": 240,
                 "MuseInpaint": 240, "MuseOutpaint": 240, "MuseMaskFreeEdit": 240, "MuseCLIPRerank": 180}
 LOADER = ("loader", "MuseModelLoader", {"model": "embedded"})
+# Meissonic workflows expect the hub folder MeissonFlow/Meissonic saved as models/muse/Meissonic (README)
+MEISSONIC_LOADER = ("loader", "MuseModelLoader", {"model": "Meissonic", "dtype": "auto"})
+MEISSONIC_SAMPLING = {"sampling_from": "model", **decoding_widget_values(MEISSONIC_DEFAULTS)}
+MEISSONIC_PROMPT = "a red fox sitting in a snowy forest at sunrise, detailed fur, soft golden light"
+# Monetico's inference script's negative prompt, which suits Meissonic too
+MEISSONIC_NEGATIVE = ("worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, text, "
+                      "jpeg artifacts, sketch, duplicate, ugly")
 
 
-def encode(prompt: str, key: str = "encode") -> tuple:
-    return (key, "MuseTextEncode", {"prompt": prompt})
+def encode(prompt: str, key: str = "encode", negative: str = "") -> tuple:
+    return (key, "MuseTextEncode", {"prompt": prompt, **({"negative_prompt": negative} if negative else {})})
 
 
 WORKFLOWS = {
@@ -113,6 +121,24 @@ WORKFLOWS = {
                   ("loader.vq", "vq_encode.vq"), ("image.IMAGE", "vq_encode.images"),
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
                   ("vq_encode.tokens", "sampler.tokens"), ("sampler.images", "save.images")],
+    },
+    "meissonic_text_to_image": {
+        "nodes": [MEISSONIC_LOADER, encode(MEISSONIC_PROMPT, negative=MEISSONIC_NEGATIVE),
+                  ("sampler", "MuseSampler", {"width": 1024, "height": 1024, **MEISSONIC_SAMPLING}),
+                  ("save", "SaveImage", {"filename_prefix": "meissonic"})],
+        "links": [("loader.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
+                  ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
+                  ("sampler.images", "save.images")],
+    },
+    "meissonic_inpaint": {
+        "nodes": [MEISSONIC_LOADER, encode("a green triangle", negative=MEISSONIC_NEGATIVE),
+                  ("image", "LoadImage", {"image": "meissonic_example_inpaint.png"}),
+                  ("inpaint", "MuseInpaint", MEISSONIC_SAMPLING),
+                  ("save", "SaveImage", {"filename_prefix": "meissonic_inpaint"})],
+        "links": [("loader.transformer", "inpaint.transformer"), ("loader.vq", "inpaint.vq"),
+                  ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "inpaint.conditioning"),
+                  ("image.IMAGE", "inpaint.image"), ("image.MASK", "inpaint.mask"),
+                  ("inpaint.images", "save.images")],
     },
 }
 
