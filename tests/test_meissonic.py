@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from muse_core.editing import inpaint
 from muse_core.loading import CheckpointError
+from muse_core.loading.lora import apply_lora, lora_parts
 from muse_core.models.meissonic import MeissonicConfig, MeissonicTransformer
 from muse_core.pipeline import load_pipeline
 from muse_core.sampling import SamplingOptions, generate
@@ -193,3 +194,35 @@ def test_the_nodes_run_it_as_the_reference_does(monkeypatch, tmp_path):
                                               sampling_from="model", **decoding(seed=1))
     golden = load_file(FIXTURES / "monetico_tiny" / "golden.safetensors")
     assert torch.equal(tokens.ids, golden["generate.negative.seed1"].long())
+
+
+def test_a_lora_in_meissonics_training_format():
+    """Its files put the transformer under ``unet.`` and carry no alpha (diffusers then loads them at scale 1);
+    strength alpha / r = 2 gives the logits of the adapter as trained."""
+    pipe = load_pipeline(FIXTURES / "meissonic_tiny")
+    path = FIXTURES / "lora" / "pytorch_lora_weights.safetensors"
+    golden = load_file(FIXTURES / "meissonic_tiny" / "golden.safetensors")
+    assert lora_parts(path) == {"transformer"}
+    handle = apply_lora(pipe.transformer, path, strength=2.0)
+    with torch.no_grad():
+        logits = pipe.transformer(golden["forward.ids"].long(), golden["forward.hidden_states"], golden["forward.pooled"],
+                                  golden["forward.micro_conds"], int(golden["forward.timestep"]))
+    # fused W + 2 BA rounds once per weight where PEFT adds the branch separately: last bits only
+    assert relative_max_diff(logits, golden["lora.logits"]) <= 1e-5
+    assert relative_max_diff(logits, golden["forward.logits"]) > 1e-3  # the LoRA matters
+    handle.remove()
+
+
+def test_outpainting_and_mask_free_editing_run_on_it():
+    """No Meissonic-specific code path: the editing functions take any transformer (mask-free editing tells a
+    timestep-conditioned model the timestep of its masked share)."""
+    from muse_core.editing import edit_image, outpaint  # noqa: PLC0415
+
+    pipe = load_pipeline(FIXTURES / "monetico_tiny")
+    image = full_size(load_file(FIXTURES / "monetico_tiny" / "golden.safetensors")["image_cells"])[..., :256, :256]
+    grown = outpaint(pipe.transformer, pipe.vq, pipe.text_encoder, image, PROMPT, right=64,
+                     options=pipe.sampling_options(steps=2, mask_schedule="linear"))
+    assert grown.images.shape == (1, 3, 256, 320)
+    assert torch.equal(grown.images[..., :256], image)  # the old canvas is kept pixel for pixel
+    edited = edit_image(pipe.transformer, pipe.vq, pipe.text_encoder, image, PROMPT, iterations=2)
+    assert edited.images.shape == image.shape and not torch.equal(edited.ids, pipe.vq.encode(image))

@@ -135,6 +135,34 @@ def reference_logits(pipe, grid: int, downsample: bool) -> dict[str, torch.Tenso
     return {**{f"forward.{k}": v for k, v in inputs.items()}, "forward.logits": logits}
 
 
+def write_lora(pipe, golden: dict, folder: Path) -> None:
+    """A LoRA as Meissonic's training saves it (PEFT adapter, diffusers' LoraLoaderMixin: keys under ``unet.``,
+    no alphas), and the reference's logits with the adapter active (PEFT's scale lora_alpha / r = 2)."""
+    import peft  # noqa: PLC0415
+    from diffusers.loaders import LoraLoaderMixin  # noqa: PLC0415
+
+    model = pipe.transformer
+    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"],
+                                      init_lora_weights=False))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero; a random B makes the LoRA matter
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    LoraLoaderMixin.save_lora_weights(folder, unet_lora_layers=peft.utils.get_peft_model_state_dict(model))
+    from src.pipeline import _prepare_latent_image_ids  # noqa: PLC0415
+
+    ids = golden["forward.ids"]
+    inner = ids.shape[-1] // 2 if model.config.downsample else ids.shape[-1]
+    with torch.no_grad():
+        golden["lora.logits"] = model(
+            hidden_states=ids, encoder_hidden_states=golden["forward.hidden_states"],
+            pooled_projections=golden["forward.pooled"], micro_conds=golden["forward.micro_conds"],
+            timestep=golden["forward.timestep"], img_ids=_prepare_latent_image_ids(2, 2 * inner, 2 * inner, "cpu",
+                                                                                  torch.float32),
+            txt_ids=torch.zeros(TEXT_LENGTH, 3))
+
+
 def upsample_cells(cells: torch.Tensor, factor: int = 16) -> torch.Tensor:
     """Images and masks are stored one value per 16 x 16 cell (uint8); the pipelines get them full size."""
     return cells.float().div(255).repeat_interleave(factor, -1).repeat_interleave(factor, -2)
@@ -189,6 +217,8 @@ def main() -> None:
         inpaint = load_reference(folder, "src.pipeline_inpaint", "InpaintPipeline")
         golden["inpaint.ids"] = inpaint("a cat", image=image, mask_image=mask,
                                         generator=torch.Generator().manual_seed(0), output_type="latent").images
+        if downsample:  # one LoRA fixture is enough: the file format does not depend on the architecture
+            write_lora(pipe, golden, args.out / "lora")
         golden = {k: v.int() if v.dtype == torch.long else v for k, v in golden.items()}  # ids: half the bytes
         save_file({k: v.contiguous() for k, v in golden.items()}, str(folder / "golden.safetensors"))
         print(name, {k: tuple(v.shape) for k, v in golden.items()})

@@ -4,9 +4,14 @@ The format (``AmusedLoraLoaderMixin.save_lora_weights`` -> ``pytorch_lora_weight
 ``transformer.<module>.lora_A.weight`` / ``.lora_B.weight`` and the same under ``text_encoder.``. Module
 names are diffusers' ``UVit2DModel`` names, which are ours, and transformers' CLIP names.
 
+Meissonic's training (its ``train/train_meissonic.py``) saves with diffusers' older ``LoraLoaderMixin``, so its
+transformer keys sit under ``unet.`` (module names = ours) with the same ``text_encoder.`` part.
+
 Alphas: that save writes no alphas and no adapter metadata, and diffusers then takes ``lora_alpha == r``
-per module (``get_peft_kwargs``), i.e. scale 1: ``W + B @ A``. A file whose safetensors header carries
-diffusers' ``lora_adapter_metadata`` (other trainers write it) has its ``lora_alpha`` / ``r`` (and
+per module (``get_peft_kwargs``), i.e. scale 1: ``W + B @ A``. Meissonic trains at lora_alpha 32 / r 16
+(scale 2) but its files do not say so: loaded as diffusers loads them, at scale 1, strength 2 gives what its
+training saw. A file whose safetensors header carries diffusers' ``lora_adapter_metadata`` (other trainers
+write it) has its ``lora_alpha`` / ``r`` (and
 ``alpha_pattern`` / ``rank_pattern``, ``use_rslora``) honoured; DoRA and LoRA biases are refused.
 
 ``apply_lora`` patches weights in place; ``lora_patches`` computes the patched values without touching the
@@ -31,6 +36,7 @@ from .files import tensor_names
 from .fill import listing
 
 PREFIXES = ("transformer", "text_encoder")
+PREFIX_ALIASES = {"unet": "transformer"}  # Meissonic's LoRA files name the transformer "unet"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 _PAIR = re.compile(r"^(?P<module>.+)\.lora_(?P<half>[AB])\.weight$")
 
@@ -79,8 +85,8 @@ def lora_parts(path) -> set[str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such LoRA file.")
     names = tensor_names(path)
-    parts = {prefix for prefix, _, rest in (name.partition(".") for name in names)
-             if prefix in PREFIXES and _PAIR.match(rest)}
+    parts = {PREFIX_ALIASES.get(prefix, prefix) for prefix, _, rest in (name.partition(".") for name in names)
+             if PREFIX_ALIASES.get(prefix, prefix) in PREFIXES and _PAIR.match(rest)}
     if not parts:
         raise CheckpointError(
             f"{path}: holds no LoRA weights (no lora_A / lora_B keys under {' or '.join(PREFIXES)}; its keys: "
@@ -143,6 +149,7 @@ def _plan(tensors, metadata, targets, path) -> list[tuple[nn.Parameter, torch.Te
     unknown = []
     for key, tensor in tensors.items():
         prefix, _, rest = key.partition(".")
+        prefix = PREFIX_ALIASES.get(prefix, prefix)
         match = _PAIR.match(rest)
         if prefix not in targets or match is None:
             unknown.append(key)
