@@ -8,6 +8,7 @@ loaded through our loaders. The CLIP reference is diffusers' AmusedPipeline call
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from muse_core.loading import CheckpointError
+from muse_core.pipeline import DEFAULT_MODEL_DIR
 from muse_core.text import TextConditioning, load_clip_encoder, load_t5_encoder
 
 from .helpers import CLIP_LENGTH, write_text_encoder_layouts
@@ -245,3 +247,17 @@ def test_conditioning_helpers():
         TextConditioning(a.hidden_states, a.attention_mask.long(), a.pooled)
     with pytest.raises(ValueError, match="at least one"):
         TextConditioning.cat([])
+
+
+def test_full_clip_folder_as_text_encoder_uses_the_top_level_projection():
+    """A full CLIP model's config.json may carry CLIPTextConfig's default projection_dim (512) in its
+    text_config beside the real top-level one; CLIPModel builds its text projection from the top level."""
+    folder = DEFAULT_MODEL_DIR / "reranker"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["text_config"]["projection_dim"] != config["projection_dim"]  # the case this test is about
+    encoder = load_clip_encoder(folder, tokenizer_path=folder)
+    reference = transformers.CLIPModel.from_pretrained(folder).float().eval()
+    ids = encoder.tokenize(["a red circle"])
+    with torch.no_grad():
+        expected = reference.text_projection(reference.text_model(input_ids=ids).pooler_output)
+    assert torch.allclose(encoder.encode(["a red circle"]).pooled, expected, atol=1e-5)

@@ -100,7 +100,9 @@ def _text_tower_only(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def _text_config(config: dict, source: str) -> dict:
     if config.get("model_type") == "clip":  # full CLIP model folder: the text tower's part of the config
-        return {"projection_dim": config.get("projection_dim", 512), **config.get("text_config", {})}
+        # the projection's width is the top-level one (CLIPModel's text_projection); a text_config may carry
+        # CLIPTextConfig's own default (512) beside it, which must not win
+        return {**config.get("text_config", {}), "projection_dim": config.get("projection_dim", 512)}
     if config.get("model_type") != "clip_text_model":
         raise CheckpointError(
             f"{source}: config.json describes a {config.get('model_type')!r} model, not a CLIP text "
