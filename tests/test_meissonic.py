@@ -226,3 +226,15 @@ def test_outpainting_and_mask_free_editing_run_on_it():
     assert torch.equal(grown.images[..., :256], image)  # the old canvas is kept pixel for pixel
     edited = edit_image(pipe.transformer, pipe.vq, pipe.text_encoder, image, PROMPT, iterations=2)
     assert edited.images.shape == image.shape and not torch.equal(edited.ids, pipe.vq.encode(image))
+
+
+def test_the_fp16_variant_files_load(tmp_path):
+    """The hub ships a .fp16.safetensors beside each component's weights; variant="fp16" reads those alone."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    folder = shutil.copytree(FIXTURES / "monetico_tiny", tmp_path / "model")
+    for weights in folder.glob("*/*.safetensors"):
+        save_file({k: v.half() for k, v in load_file(weights).items()}, weights.with_suffix(".fp16.safetensors"))
+        weights.unlink()  # only the variant is there, as in a download of the fp16 files alone
+    pipe = load_pipeline(folder, dtype=torch.float16, variant="fp16")
+    assert isinstance(pipe.transformer, MeissonicTransformer) and pipe.transformer.dtype == torch.float16
