@@ -1,25 +1,33 @@
 """The few ComfyUI services the nodes use, with stand-ins when the pack runs outside ComfyUI.
 
 Inside ComfyUI: model folders come from ``folder_paths`` (a ``muse`` folder is registered under
-``models/``), devices and memory from ``comfy.model_management``, progress bars and previews from
-``comfy.utils.ProgressBar``. Outside (tests, scripts): model folders are listed in the environment
-variable ``MUSE_MODELS_DIR`` (``os.pathsep``-separated), the compute device is CUDA when present,
-and progress is not reported.
+``models/``), devices and memory from ``comfy.model_management``, which also manages every loaded model
+(``comfy.model_patcher.ModelPatcher``), progress bars and previews from ``comfy.utils.ProgressBar``. Outside
+(tests, scripts): model folders are listed in the environment variable ``MUSE_MODELS_DIR``
+(``os.pathsep``-separated), the compute device is CUDA when present, a model moves to it for each node's
+work and back afterwards (``NodeScopedModel``), and progress is not reported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 try:  # ComfyUI puts these on sys.path before it loads custom nodes
+    import comfy.cli_args as cli_args
     import comfy.model_management as model_management
+    import comfy.model_patcher as model_patcher
     import comfy.utils as comfy_utils
     import folder_paths
 except ImportError:
-    model_management = comfy_utils = folder_paths = None
+    cli_args = model_management = model_patcher = comfy_utils = folder_paths = None
+
+logger = logging.getLogger(__name__)
 
 IN_COMFYUI = folder_paths is not None
 MUSE_FOLDER = "muse"  # ComfyUI/models/muse: Muse and aMUSEd model folders and single-file checkpoints
@@ -78,16 +86,90 @@ def compute_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def offload_device() -> torch.device:
+def offload_device(kind: str = "unet") -> torch.device:
+    """Where ComfyUI keeps a model of ``kind`` (``unet``, ``text_encoder`` or ``vae``) while it is not loaded."""
     if model_management is not None:
-        return model_management.unet_offload_device()
+        return {"unet": model_management.unet_offload_device,
+                "text_encoder": model_management.text_encoder_offload_device,
+                "vae": model_management.vae_offload_device}[kind]()
     return torch.device("cpu")
 
 
-def free_memory(num_bytes: int, device: torch.device) -> None:
-    """Ask ComfyUI to unload its own models until ``num_bytes`` fit on ``device``."""
-    if model_management is not None and device.type != "cpu":
-        model_management.free_memory(num_bytes, device)
+class NodeScopedModel:
+    """Outside ComfyUI, the stand-in for its ModelPatcher: the model goes to ``load_device`` for each node's
+    work and back to ``offload_device`` when the node is done (``models_loaded``)."""
+
+    def __init__(self, model: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
+
+class PatchableModule(torch.nn.Module):
+    """The module a ModelPatcher manages for us. ModelPatcher records where a model is by setting its
+    ``device``; our models and transformers' compute ``device`` from their weights (a property without a
+    setter), so the patcher gets this holder of the model instead."""
+
+    def __init__(self, inner: torch.nn.Module, name: str):
+        super().__init__()
+        self.inner = inner
+        self.name = name  # for the log
+
+
+@functools.cache
+def whole_model_patcher(base: type) -> type:
+    """ComfyUI's ModelPatcher class ``base``, made to load and offload a model whole."""
+
+    class WholeModelPatcher(base):
+        def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+            # Partial loading (--lowvram, --novram, too little free VRAM) leaves the layers that do not fit on the
+            # offload device for comfy.ops layers to cast per call. Ours are plain torch layers, which would then
+            # meet their inputs on another device, so a model is loaded whole or not at all.
+            logger.debug("Muse: loading %s to %s", self.model.name, device_to)
+            super().load(device_to, lowvram_model_memory, force_patch_weights, full_load=True)
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            loaded = super().partially_load(device_to, extra_memory, force_patch_weights)
+            # A LoRA copy shares its unpatched weights with its base model (nodes/lora.py): when ComfyUI offloads
+            # one of the two, those weights move for both, yet it still counts the other as loaded. Moving the
+            # model again brings them back (it costs nothing for weights already on device_to).
+            self.model.to(device_to)
+            return loaded
+
+        def detach(self, unpatch_all=True):
+            if unpatch_all:  # ComfyUI unloads the model (unpatch_all=False only lets go of it)
+                logger.debug("Muse: unloading %s to %s", self.model.name, self.offload_device)
+            return super().detach(unpatch_all)
+
+    return WholeModelPatcher
+
+
+def manage_model(module: torch.nn.Module, name: str, load_device: torch.device, offload_device: torch.device):
+    """What moves ``module`` between its devices: inside ComfyUI a ModelPatcher, so that ComfyUI's model
+    management knows it; outside a NodeScopedModel."""
+    if model_patcher is None:
+        return NodeScopedModel(module, load_device, offload_device)
+    patcher_class = whole_model_patcher(model_patcher.ModelPatcher)
+    return patcher_class(PatchableModule(module, name), load_device, offload_device)
+
+
+@contextlib.contextmanager
+def models_loaded(patchers: list):
+    """A node's models on their compute devices for its work, loaded together (so that loading one cannot
+    offload another). ComfyUI's ModelPatchers stay loaded afterwards: ComfyUI keeps them while memory allows,
+    offloads them when it needs the room and unloads them on "unload models". NodeScopedModels go back to
+    their offload devices when the node is done, also on errors."""
+    comfy_patchers = [p for p in patchers if not isinstance(p, NodeScopedModel)]
+    stand_ins = [p for p in patchers if isinstance(p, NodeScopedModel)]
+    if comfy_patchers:
+        model_management.load_models_gpu(comfy_patchers)
+    try:
+        for stand_in in stand_ins:
+            stand_in.model.to(stand_in.load_device)
+        yield
+    finally:
+        for stand_in in stand_ins:
+            stand_in.model.to(stand_in.offload_device)
+        if stand_ins:
+            empty_cache()
 
 
 def empty_cache() -> None:
@@ -121,3 +203,19 @@ class Progress:
     @property
     def wants_previews(self) -> bool:
         return self.bar is not None
+
+
+STAND_IN_PREVIEW_METHOD = "auto"  # outside ComfyUI: the cheap preview, seen only where a test stands in a progress bar
+
+
+def preview_method() -> str:
+    """ComfyUI's live-preview method: ``none``, ``auto``, ``latent2rgb`` or ``taesd``.
+
+    Read at every call, never kept: ``--preview-method`` sets it at start, ComfyUI-Manager's menu changed it at run
+    time, and ComfyUI since December 2025 (PR 11261) overwrites it before each prompt with the front end's setting
+    Comfy.Execution.PreviewMethod (``latent_preview.set_preview_method`` writes ``args.preview_method``).
+    """
+    if cli_args is None:
+        return STAND_IN_PREVIEW_METHOD
+    method = cli_args.args.preview_method
+    return getattr(method, "value", method)  # a LatentPreviewMethod member; its value is the name

@@ -57,16 +57,18 @@ class MuseModelLoader:
         weights_dtype = torch_dtype(dtype, target)
         pipe = load_pipeline(folder, dtype=weights_dtype, device=at_rest_device(target), attention=attention)
 
-        def wrap(component, label, sampling=None):
+        # One device for the whole folder; a component whose offload device differs (with --highvram: the text
+        # encoder and VQ rest on the CPU) goes there when ComfyUI first unloads it.
+        def wrap(component, label, kind, sampling=None):
             return None if component is None else LoadedModel(component, f"{label} of '{model}'", target,
-                                                               sampling or {})
+                                                               sampling or {}, at_rest_device(target, kind))
 
         return (
-            wrap(pipe.transformer, "transformer", pipe.sampling),
-            wrap(pipe.vq, "VQ"),
-            wrap(pipe.text_encoder, "text encoder"),
-            wrap(pipe.super_res, "super-res transformer", pipe.sampling),
-            wrap(pipe.super_res_vq, "super-res VQ"),
+            wrap(pipe.transformer, "transformer", "unet", pipe.sampling),
+            wrap(pipe.vq, "VQ", "vae"),
+            wrap(pipe.text_encoder, "text encoder", "text_encoder"),
+            wrap(pipe.super_res, "super-res transformer", "unet", pipe.sampling),
+            wrap(pipe.super_res_vq, "super-res VQ", "vae"),
         )
 
 
@@ -79,6 +81,7 @@ class _ComponentLoader:
     label: str
     embedded: list[str]
     default_dtype = None  # None: the dtype widget's auto rule
+    offload_kind = "unet"  # which of ComfyUI's offload devices the weights rest on (runtime.at_rest_device)
     recommends_sampling = False  # transformers: pass their recommended settings on to the samplers
 
     @classmethod
@@ -93,12 +96,13 @@ class _ComponentLoader:
 
     def load(self, model_name, dtype, device, attention):
         target = compute_device(device)
+        rest = at_rest_device(target, self.offload_kind)
         path = resolve(model_name)
-        model = self.load_component(path, dtype=torch_dtype(dtype, target, self.default_dtype),
-                                    device=at_rest_device(target), attention=attention)
+        model = self.load_component(path, dtype=torch_dtype(dtype, target, self.default_dtype), device=rest,
+                                    attention=attention)
         # a component's recommended settings: its family's and its model folder's sampling.json, as for a folder
         sampling = recommended_sampling(model, path.parent) if self.recommends_sampling else {}
-        return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling),)
+        return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling, rest),)
 
     def load_component(self, path, **options):
         return load_model(self.model_class, path, **options)
@@ -143,6 +147,7 @@ class MuseVQLoader(_ComponentLoader):
     label = "VQ tokenizer"
     embedded = ["vqvae.safetensors", "super_res_vqvae.safetensors"]
     default_dtype = torch.float32
+    offload_kind = "vae"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -180,9 +185,9 @@ class _TextEncoderLoader:
         path = resolve(model_name, TEXT_FOLDERS)
         tokenizer = None if has_own_tokenizer(path) else comfy_env.comfy_tokenizer_dir(self.comfy_tokenizer)
         target = compute_device(device)
-        encoder = type(self).loader(path, tokenizer_path=tokenizer, dtype=torch_dtype(dtype, target),
-                                    device=at_rest_device(target))
-        return (LoadedModel(encoder, f"{self.label} '{model_name}'", target),)
+        rest = at_rest_device(target, "text_encoder")
+        encoder = type(self).loader(path, tokenizer_path=tokenizer, dtype=torch_dtype(dtype, target), device=rest)
+        return (LoadedModel(encoder, f"{self.label} '{model_name}'", target, offload_device=rest),)
 
 
 class MuseT5Loader(_TextEncoderLoader):
@@ -253,8 +258,9 @@ class MuseRerankerLoader:
 
     def load(self, model_name, dtype, device):
         target = compute_device(device)
-        scorer = load_clip_scorer(resolve(model_name), dtype=torch_dtype(dtype, target), device=at_rest_device(target))
-        return (LoadedModel(scorer, f"CLIP reranker '{model_name}'", target),)
+        rest = at_rest_device(target, "text_encoder")  # CLIP, like the text encoders ComfyUI offloads
+        scorer = load_clip_scorer(resolve(model_name), dtype=torch_dtype(dtype, target), device=rest)
+        return (LoadedModel(scorer, f"CLIP reranker '{model_name}'", target, offload_device=rest),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,5 +1,9 @@
-"""Loaded models as they travel between nodes: on the offload device at rest, on the compute device
-while a node works with them, with out-of-memory errors that say what to do.
+"""Loaded models as they travel between nodes, and how a node gets them onto its compute device.
+
+Inside ComfyUI every model is under ComfyUI's model management (a ModelPatcher, see ``comfy_env.manage_model``):
+a node loads its models and leaves them loaded; ComfyUI keeps them while memory allows, offloads them when it
+needs the room and unloads them on "unload models". Outside ComfyUI a model moves to its compute device for a
+node's work and back to its offload device afterwards. Out-of-memory errors say what to do.
 """
 
 from __future__ import annotations
@@ -41,42 +45,41 @@ def torch_dtype(choice: str, device: torch.device, auto: torch.dtype | None = No
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A muse_core model (or text encoder, or CLIP scorer) plus where it should run."""
+    """A muse_core model (or text encoder, or CLIP scorer), where it runs and rests, and what moves it."""
 
     model: object
     name: str  # says which model in messages, e.g. "transformer embedded/transformer.safetensors"
-    device: torch.device  # compute device; weights rest on the offload device between nodes
+    device: torch.device  # compute device
     sampling: dict = dataclasses.field(default_factory=dict)  # recommended SamplingOptions fields (sampling.json)
+    offload_device: torch.device = torch.device("cpu")  # where the weights wait while the model is not loaded
+    # ComfyUI's ModelPatcher of the module, or its stand-in outside ComfyUI. Made anew for every LoadedModel,
+    # so a LoRA copy (dataclasses.replace of its base) is managed on its own.
+    patcher: object = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.patcher = comfy_env.manage_model(self.module, self.name, self.device, self.offload_device)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.model if isinstance(self.model, torch.nn.Module) else self.model.model
 
-    @property
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
 
-
-def at_rest_device(device: torch.device) -> torch.device:
-    """Where weights wait between nodes: ComfyUI's offload device for GPU models, the CPU otherwise."""
-    return comfy_env.offload_device() if device.type != "cpu" else torch.device("cpu")
+def at_rest_device(device: torch.device, kind: str = "unet") -> torch.device:
+    """Where weights wait between nodes: for GPU models ComfyUI's offload device for this kind of model
+    (``unet``: transformers; ``text_encoder``: text encoders and the CLIP reranker; ``vae``: VQ tokenizers),
+    the CPU otherwise."""
+    return comfy_env.offload_device(kind) if device.type != "cpu" else torch.device("cpu")
 
 
 @contextlib.contextmanager
 def running(*loaded: LoadedModel):
-    """Move models to their compute devices for a node's work, and back afterwards (also on errors)."""
+    """The models on their compute devices for a node's work, loaded together (``comfy_env.models_loaded``)."""
     try:
-        for item in loaded:
-            comfy_env.free_memory(int(item.num_bytes * 1.2), item.device)
-            item.module.to(item.device)
-        yield tuple(item.model for item in loaded)
+        with comfy_env.models_loaded([item.patcher for item in loaded]):
+            yield tuple(item.model for item in loaded)
     except torch.cuda.OutOfMemoryError as exc:
         names = ", ".join(item.name for item in loaded)
         raise RuntimeError(
             f"Out of GPU memory while running {names}. Try: fewer images per batch, a smaller dtype "
             "(fp16 / bf16) in the loader, or device 'cpu' in the loader of the largest model."
         ) from exc
-    finally:
-        for item in loaded:
-            item.module.to(at_rest_device(item.device))
-        comfy_env.empty_cache()

@@ -2,7 +2,8 @@
 
 - :func:`load_pack` (tools/comfy_offline.py) imports the repository root the way ComfyUI imports a custom
   node folder; :class:`CoreNodes` (same module) doubles the few core nodes the shipped workflows use (same
-  INPUT_TYPES, same tensors out): LoadImage, SaveImage, PreviewImage, ImageScaleBy.
+  INPUT_TYPES, same tensors out): LoadImage, SaveImage, PreviewImage, ImageScaleBy; and
+  :class:`ModelManagementDouble` stands in for ComfyUI's model management, recording loads and unloads.
 - :func:`ui_to_api` (tools/workflow_format.py) turns a UI-format workflow (what the editor saves: nodes,
   links, positional ``widgets_values``) into the API format posted to ``/prompt`` (``{id: {class_type,
   inputs}}``), the way the front-end does. tools/build_workflows.py writes the shipped workflows with the
@@ -10,7 +11,7 @@
 - :func:`validate_api` checks a prompt as ComfyUI's ``/prompt`` does (execution.py ``validate_inputs``:
   required inputs, socket types, numeric ranges, and combo values, which ComfyUI checks only when the
   choices are a list), every node before any runs; :func:`run_api` validates, then runs the nodes in
-  dependency order.
+  dependency order; given a cache, it keeps outputs between prompts as ComfyUI's executor does.
 - :func:`decoding` gives the seed and decoding widgets of the sampler and editing nodes.
 """
 
@@ -19,10 +20,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tools.comfy_offline import ROOT, CoreNodes, load_pack
+from tools.comfy_offline import ROOT, CoreNodes, ModelManagementDouble, load_pack
 from tools.workflow_format import ui_to_api
 
-__all__ = ["ROOT", "CoreNodes", "decoding", "load_pack", "load_workflow", "run_api", "ui_to_api", "validate_api"]
+__all__ = ["ROOT", "CoreNodes", "ModelManagementDouble", "decoding", "load_pack", "load_workflow", "run_api",
+           "ui_to_api", "validate_api"]
 
 
 def decoding(**changes) -> dict:
@@ -72,13 +74,25 @@ def validate_api(prompt: dict, mappings: dict) -> None:
                 _check_value(node_id, name, spec, value)
 
 
-def run_api(prompt: dict, mappings: dict) -> dict:
-    """Validate, then run every node; returns {node id: {"result": outputs tuple, "ui": ui dict or None}}."""
+def run_api(prompt: dict, mappings: dict, cache: dict | None = None) -> dict:
+    """Validate, then run every node; returns {node id: {"result": outputs tuple, "ui": ui dict or None}}.
+
+    ``cache``: a dict kept from prompt to prompt, as ComfyUI's (classic) cache: a node whose inputs, and its
+    upstream nodes' inputs, are those of a node run before is not run again; its outputs are reused."""
     validate_api(prompt, mappings)
     done: dict[str, dict] = {}
 
+    def signature(node_id: str) -> str:
+        node = prompt[node_id]
+        inputs = {name: [signature(value[0]), value[1]] if isinstance(value, list) else value
+                  for name, value in node["inputs"].items()}
+        return json.dumps([node["class_type"], inputs], sort_keys=True)
+
     def run(node_id: str):
         if node_id in done:
+            return done[node_id]
+        if cache is not None and signature(node_id) in cache:
+            done[node_id] = cache[signature(node_id)]
             return done[node_id]
         node = prompt[node_id]
         cls = mappings[node["class_type"]]
@@ -89,6 +103,8 @@ def run_api(prompt: dict, mappings: dict) -> dict:
             done[node_id] = {"result": tuple(returned.get("result", ())), "ui": returned.get("ui")}
         else:
             done[node_id] = {"result": tuple(returned), "ui": None}
+        if cache is not None:
+            cache[signature(node_id)] = done[node_id]
         return done[node_id]
 
     for node_id in prompt:

@@ -1,6 +1,8 @@
 """The pack outside ComfyUI: :func:`load_pack` imports the repository root the way ComfyUI imports a custom
 node folder, and :class:`CoreNodes` doubles the few core nodes the shipped workflows use (same INPUT_TYPES,
-same tensors out): LoadImage, SaveImage, PreviewImage, ImageScaleBy.
+same tensors out): LoadImage, SaveImage, PreviewImage, ImageScaleBy. :class:`ModelManagementDouble` stands
+in for ComfyUI's model management (comfy.model_management and comfy.model_patcher) and records what it loads
+and unloads.
 
 tools/build_workflows.py reads the node definitions through them; the tests (tests/comfy_harness.py) also
 run the workflows with them. A plain module: it imports nothing from tests/.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -106,3 +109,127 @@ class CoreNodes:
 
         self.mappings = {"LoadImage": LoadImage, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
                          "ImageScaleBy": ImageScaleBy}
+
+
+# ---- model management double -------------------------------------------------------------------------
+
+def _module_size(module: torch.nn.Module) -> int:
+    """comfy.model_management.module_size: the bytes of a module's state dict."""
+    return sum(t.nelement() * t.element_size() for t in module.state_dict().values())
+
+
+class ModelManagementDouble:
+    """comfy.model_management as far as the pack uses it (plus ``unload_all_models`` and ``free_memory``), and as
+    ``.model_patcher`` comfy.model_patcher's ModelPatcher, with ComfyUI's rules for plain torch layers.
+
+    Its compute device (the CPU: the tests have no GPU) counts as a GPU of ``vram_bytes``: ``load_models_gpu``
+    makes room on it as ComfyUI does (1.1 x what the models still need), unloading whole models, the oldest first
+    (ComfyUI orders by offloaded memory, references and size, and may unload part of one). With ``novram`` it
+    loads as ComfyUI does under
+    --novram: 0.1 bytes of weights. Every load and unload is recorded in ``events`` as (what, model name).
+    """
+
+    def __init__(self, vram_bytes: int = 1 << 36, novram: bool = False):
+        self.vram_bytes, self.novram = vram_bytes, novram
+        self.device = torch.device("cpu")
+        self.events: list[tuple[str, str]] = []
+        self.current_loaded_models: list = []  # ModelPatchers, most recently loaded first
+        self.model_patcher = SimpleNamespace(ModelPatcher=self._patcher_class())
+
+    # -- devices and housekeeping
+    def get_torch_device(self):
+        return self.device
+
+    def unet_offload_device(self):
+        return torch.device("cpu")
+
+    text_encoder_offload_device = vae_offload_device = unet_offload_device
+
+    def soft_empty_cache(self, force=False):
+        pass
+
+    def throw_exception_if_processing_interrupted(self):
+        pass
+
+    # -- loading and unloading
+    def free_memory(self, memory_required, device, keep_loaded=()):
+        for patcher in reversed(list(self.current_loaded_models)):  # oldest first
+            if self._free(device) >= memory_required:
+                break
+            if patcher.load_device == device and patcher not in keep_loaded:
+                patcher.detach()
+                self.current_loaded_models.remove(patcher)
+
+    def load_models_gpu(self, models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        models = list(dict.fromkeys(models))  # ComfyUI makes a set of them
+        needed = sum(p.model_size() - p.loaded_size() for p in models)
+        self.free_memory(1.1 * needed + memory_required, self.device)
+        for patcher in models:
+            if patcher in self.current_loaded_models:
+                self.current_loaded_models.remove(patcher)
+            # LoadedModel.model_load: lowvram_model_memory 0 means all of it; --novram overrides force_full_load
+            lowvram_model_memory = 0.1 if self.novram else 0
+            patcher.partially_load(patcher.load_device, lowvram_model_memory or 1e32, force_patch_weights)
+            self.current_loaded_models.insert(0, patcher)
+
+    def unload_all_models(self):
+        self.free_memory(1e30, self.get_torch_device())
+
+    def _free(self, device) -> float:
+        return self.vram_bytes - sum(p.loaded_size() for p in self.current_loaded_models if p.load_device == device)
+
+    def _patcher_class(self):
+        events = self.events
+
+        class ModelPatcher:
+            """ModelPatcher's bookkeeping (on the model, as ComfyUI keeps it) and its load rules. None of our layers
+            are comfy.ops layers, so a partial load moves the layers that fit, largest first, and leaves the rest
+            where they are, still counting the model as not in low-VRAM mode (ModelPatcher.load)."""
+
+            def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+                self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+                if getattr(model, "device", None) is None:
+                    model.device = offload_device
+                model.model_loaded_weight_memory = 0
+                model.model_lowvram = False
+
+            def model_size(self):
+                return self.size or _module_size(self.model)
+
+            def loaded_size(self):
+                return self.model.model_loaded_weight_memory
+
+            def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+                if full_load:
+                    self.model.to(device_to)
+                    loaded = self.model_size()
+                else:
+                    loaded = 0
+                    layers = [m for m in self.model.modules() if list(m.parameters(recurse=False))
+                              and len(list(m.parameters())) == len(list(m.parameters(recurse=False)))]
+                    for layer in sorted(layers, key=_module_size, reverse=True):
+                        if loaded + _module_size(layer) < lowvram_model_memory:
+                            layer.to(device_to)
+                            loaded += _module_size(layer)
+                self.model.device = device_to
+                self.model.model_loaded_weight_memory = loaded
+                events.append(("load", self.model.name))
+
+            def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+                used = self.loaded_size()
+                if not self.model.model_lowvram and used > 0:
+                    return 0  # already loaded
+                self.load(device_to, lowvram_model_memory=used + extra_memory, force_patch_weights=force_patch_weights,
+                          full_load=used + extra_memory > self.model_size())
+                return self.loaded_size() - used
+
+            def detach(self, unpatch_all=True):
+                if unpatch_all:
+                    self.model.to(self.offload_device)
+                    self.model.device = self.offload_device
+                    self.model.model_loaded_weight_memory = 0
+                    events.append(("unload", self.model.name))
+                return self.model
+
+        return ModelPatcher
