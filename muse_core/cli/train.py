@@ -1,10 +1,13 @@
-"""``muse eval`` (prompt accuracy on the shapes benchmark) and ``muse train`` (a cascade from a caption folder).
+"""``muse eval`` (prompt accuracy on the shapes benchmark) and ``muse train`` (a cascade, or with ``--lora`` a LoRA,
+from a caption folder).
 
 Their heavy modules are imported when the command runs, which keeps ``muse --help`` and the other commands fast.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -12,7 +15,7 @@ import torch
 from ..editing import EDIT_ITERATIONS
 from ..limits import MAX_EDIT_ITERATIONS, MAX_SEED
 from ..output import atomic_output
-from ..pipeline import RERANKER_FOLDER
+from ..pipeline import DEFAULT_MODEL_DIR, RERANKER_FOLDER
 from ..rerank import load_clip_scorer
 from .arguments import UsageError, add_model_options, bounded_float, bounded_int, load_model_folder, model_folder
 
@@ -62,17 +65,20 @@ def run_eval(args) -> None:
 
 def add_train(subparsers) -> None:
     from ..training.cascade import PRESETS, STAGES  # noqa: PLC0415  (the training stack is only needed here)
+    from ..training.lora import DEFAULT_TARGETS, LoraSettings, lora_config  # noqa: PLC0415  (the same)
 
     parser = subparsers.add_parser(
-        "train", help="train a Muse cascade on an image-caption folder",
+        "train", help="train a Muse cascade, or a LoRA, on an image-caption folder",
         description="Train VQ tokenizers, a T5 text encoder with the base transformer, the super-res transformer "
-                    "and a CLIP reranker into a model folder. Interrupted runs resume. Under torchrun it trains "
-                    "data-parallel (e.g. torchrun --nproc_per_node 8 -m muse_core train ...).")
+                    "and a CLIP reranker into a model folder (-o); or, with --lora, fine-tune a LoRA of a model's "
+                    "base transformer. Interrupted runs resume. Under torchrun it trains data-parallel "
+                    "(e.g. torchrun --nproc_per_node 8 -m muse_core train ...).")
     parser.add_argument("--data", type=Path, default=None, metavar="FOLDER",
-                        help="images + captions.jsonl or captions.txt (default: generate the shapes dataset)")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FOLDER", help="the model folder to write")
+                        help="images + captions.jsonl or captions.txt (default for a cascade: generate the shapes dataset)")
+    parser.add_argument("-o", "--output", type=Path, default=None, metavar="FOLDER",
+                        help="the model folder to write (a cascade)")
     parser.add_argument("--work", type=Path, default=None, metavar="FOLDER",
-                        help="checkpoints, token caches and generated data (default: OUTPUT.work)")
+                        help="checkpoints, token caches and generated data (default: OUTPUT.work, or the LoRA FILE.work)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="shipped",
                         help="model sizes and schedules (default: shipped = the built-in model's recipe)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
@@ -82,17 +88,80 @@ def add_train(subparsers) -> None:
                         help="torch threads per process (default: the machine's cores divided by torchrun's "
                              "processes on it; on a busy machine fewer threads are faster)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    defaults, settings = lora_config(), LoraSettings()
+    lora = parser.add_argument_group("LoRA fine-tuning", "--lora FILE trains a LoRA on --data instead of a cascade "
+                                     "(--work, --seed, --threads and --quiet apply too)")
+    lora.add_argument("--lora", type=Path, default=None, metavar="FILE",
+                      help="the LoRA to write (.safetensors, diffusers' aMUSEd format: muse --lora, the LoRA Loader "
+                           "node and diffusers read it)")
+    lora.add_argument("--base", type=Path, default=None, metavar="FOLDER",
+                      help=f"the aMUSEd / Muse model folder to fine-tune (default: the built-in model, {DEFAULT_MODEL_DIR})")
+    lora.add_argument("--lora-rank", type=bounded_int(1, 1024), default=settings.rank, metavar="R",
+                      help=f"rank of the adapter (default: {settings.rank})")
+    lora.add_argument("--lora-alpha", type=positive_float, default=settings.alpha, metavar="ALPHA",
+                      help=f"the adapter is scaled by alpha / rank; the file has it folded in (default: {settings.alpha:g})")
+    lora.add_argument("--lora-targets", nargs="+", default=list(DEFAULT_TARGETS), metavar="NAME",
+                      help=f"the layers to adapt, by name or dotted tail (default: {' '.join(DEFAULT_TARGETS)})")
+    lora.add_argument("--steps", type=bounded_int(1, 10_000_000), default=defaults.steps,
+                      help=f"optimizer steps (default: {defaults.steps})")
+    lora.add_argument("--batch-size", type=bounded_int(1, 4096), default=defaults.batch_size, metavar="N",
+                      help=f"images per step and process (default: {defaults.batch_size})")
+    lora.add_argument("--lr", type=positive_float, default=defaults.lr,
+                      help=f"peak learning rate, warmup then cosine (default: {defaults.lr:g})")
     parser.set_defaults(run=run_train)
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def run_train(args) -> None:
-    from ..training import cascade  # noqa: PLC0415  (see add_train)
     from ..training.loop import training_threads  # noqa: PLC0415  (see add_train)
 
-    torch.set_num_threads(training_threads(args.threads))
+    if (args.output is None) == (args.lora is None):
+        raise UsageError("give -o FOLDER to train a cascade, or --lora FILE to fine-tune a LoRA (one of the two).")
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"--data {args.data}: no such folder; give a folder with images and captions.jsonl.")
+    torch.set_num_threads(training_threads(args.threads))
+    try:
+        if args.lora is not None:
+            run_lora_training(args)
+        else:
+            run_cascade_training(args)
+    except FileNotFoundError as error:  # a data folder without its caption file, or a listed image missing
+        raise UsageError(str(error)) from None
+
+
+def run_cascade_training(args) -> None:
+    from ..training import cascade  # noqa: PLC0415  (see add_train)
+
     work = args.work or args.output.with_name(args.output.name + ".work")
     out = cascade.train_cascade(args.output, work, args.preset, data_dir=args.data, stages=args.stages,
                                 seed=args.seed, progress=not args.quiet)
     print(f"wrote {out}")
+
+
+def run_lora_training(args) -> None:
+    from ..training import lora  # noqa: PLC0415  (see add_train)
+
+    if args.data is None:
+        raise UsageError("--lora needs --data FOLDER: the images and captions to fine-tune on.")
+    base = args.base or DEFAULT_MODEL_DIR
+    if not base.is_dir():
+        raise UsageError(f"--base {base}: no such folder; give an aMUSEd or Muse model folder "
+                         "(transformer/, vqvae/, text_encoder/, tokenizer/).")
+    settings = lora.LoraSettings(args.lora_rank, args.lora_alpha, tuple(args.lora_targets))
+    try:
+        lora.import_peft()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+    config = lora.lora_config(args.steps, args.batch_size, args.lr, args.seed)
+    lora.train_lora(base, args.data, args.lora, settings, config, work_dir=args.work, progress=not args.quiet)
+    print(f"wrote {args.lora}")
