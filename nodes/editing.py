@@ -81,7 +81,7 @@ class MuseInpaint:
             check_codebooks(model, vq_model)
             result = inpaint(model, vq_model, None, images, pixel_mask, conditioning, options=options, rule=token_rule,
                              blend=blend, callback=progress_callback(options.steps, vq_model, model.mask_token_id))
-        return image_to_comfy(result.images), MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
+        return image_to_comfy(result.images), MuseTokens.of(result.ids, vq_model)
 
 
 class MuseOutpaint:
@@ -118,7 +118,7 @@ class MuseOutpaint:
             result = outpaint(model, vq_model, None, images, conditioning, left=left, top=top, right=right,
                               bottom=bottom, options=options,
                               callback=progress_callback(options.steps, vq_model, model.mask_token_id))
-        tokens = MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
+        tokens = MuseTokens.of(result.ids, vq_model)
         return image_to_comfy(result.images), result.pixel_mask.float().cpu(), tokens
 
 
@@ -160,7 +160,7 @@ class MuseMaskFreeEdit:
             result = edit_image(model, vq_model, None, images, conditioning, mask=pixel_mask, iterations=iterations,
                                 fraction=fraction, guidance_scale=guidance, top_k=top_k, seed=seed,
                                 callback=progress_callback(iterations, vq_model, None))
-        return image_to_comfy(result.images), MuseTokens(result.ids, vq_model.downsample_factor, vq_model.codebook_size)
+        return image_to_comfy(result.images), MuseTokens.of(result.ids, vq_model)
 
 
 NODE_CLASS_MAPPINGS = {"MuseInpaint": MuseInpaint, "MuseOutpaint": MuseOutpaint, "MuseMaskFreeEdit": MuseMaskFreeEdit}

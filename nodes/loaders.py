@@ -59,15 +59,15 @@ class MuseModelLoader:
 
         # One device for the whole folder; a component whose offload device differs (with --highvram: the text
         # encoder and VQ rest on the CPU) goes there when ComfyUI first unloads it.
-        def wrap(component, label, kind, sampling=None):
+        def wrap(component, label, kind, sampling=None, **extra):
             return None if component is None else LoadedModel(component, f"{label} of '{model}'", target,
-                                                               sampling or {}, at_rest_device(target, kind))
+                                                               sampling or {}, at_rest_device(target, kind), **extra)
 
         return (
             wrap(pipe.transformer, "transformer", "unet", pipe.sampling),
             wrap(pipe.vq, "VQ", "vae"),
             wrap(pipe.text_encoder, "text encoder", "text_encoder"),
-            wrap(pipe.super_res, "super-res transformer", "unet", pipe.sampling),
+            wrap(pipe.super_res, "super-res transformer", "unet", pipe.sampling, lowres_vq=pipe.vq.fingerprint),
             wrap(pipe.super_res_vq, "super-res VQ", "vae"),
         )
 

@@ -55,6 +55,8 @@ class LoadedModel:
     # ComfyUI's ModelPatcher of the module, or its stand-in outside ComfyUI. Made anew for every LoadedModel,
     # so a LoRA copy (dataclasses.replace of its base) is managed on its own.
     patcher: object = dataclasses.field(init=False, repr=False, compare=False)
+    # A super-res model loaded with its cascade: the fingerprint of the base VQ whose tokens it reads
+    lowres_vq: str | None = None
 
     def __post_init__(self):
         self.patcher = comfy_env.manage_model(self.module, self.name, self.device, self.offload_device)

@@ -60,6 +60,12 @@ def check_tokens(tokens: MuseTokens, vq, what: str) -> None:
             f"{tokens.downsample_factor}, but the connected VQ has {vq.codebook_size} codes at factor "
             f"{vq.downsample_factor}. Connect the VQ that belongs to the same model as the transformer."
         )
+    if tokens.vq_fingerprint is not None and tokens.vq_fingerprint != vq.fingerprint:
+        raise ValueError(
+            f"{what}: these tokens come from another VQ of the same size ({tokens.codebook_size} codes at factor "
+            f"{tokens.downsample_factor}) than the connected one; their ids would mean other patches. Connect the VQ "
+            "that made them (the one of the same model as the transformer)."
+        )
 
 
 class MuseSampler:
@@ -117,7 +123,7 @@ class MuseSampler:
                 ids = img2img(model, None, tokens.ids, conditioning, strength=strength, height=image_height,
                               width=image_width, options=options, callback=callback)
             images = vq_model.decode(ids.to(vq_model.device))
-        return MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size), image_to_comfy(images)
+        return MuseTokens.of(ids, vq_model), image_to_comfy(images)
 
 
 class MuseSuperResSampler:
@@ -154,6 +160,12 @@ class MuseSuperResSampler:
         options = sampling_options(super_res, decoding, sampling_from, widget_fields=("steps",))
         with running(super_res, super_res_vq) as (model, vq_model):
             check_codebooks(model, vq_model)
+            if super_res.lowres_vq is not None and tokens.vq_fingerprint not in (None, super_res.lowres_vq):
+                raise ValueError(
+                    "Muse Super-Res Sampler: these tokens were not made by the base VQ of this super-res model's "
+                    "cascade (e.g. they come from its super-res VQ, whose ids mean other patches). Connect the "
+                    "tokens of the base Muse Sampler, or of VQ Encode with the Model Loader's vq output."
+                )
             if tokens.codebook_size != model.config.lowres_codebook_size:
                 raise ValueError(
                     f"Muse Super-Res Sampler: the tokens come from a {tokens.codebook_size}-code VQ but this super-res "
@@ -168,7 +180,7 @@ class MuseSuperResSampler:
             ids = super_resolve(model, None, tokens.ids, conditioning, grid_scale=grid_scale,
                                 downsample_factor=vq_model.downsample_factor, options=options, callback=callback)
             images = vq_model.decode(ids.to(vq_model.device))
-        return MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size), image_to_comfy(images)
+        return MuseTokens.of(ids, vq_model), image_to_comfy(images)
 
 
 NODE_CLASS_MAPPINGS = {"MuseSampler": MuseSampler, "MuseSuperResSampler": MuseSuperResSampler}

@@ -28,9 +28,15 @@ class MuseTokens:
     ids: torch.Tensor  # [B, h, w] long, on the CPU
     downsample_factor: int
     codebook_size: int
+    vq_fingerprint: str | None = None  # the VQ's codebook hash (VQTokenizer.fingerprint): which VQ made them
 
     def __post_init__(self):
         self.ids = self.ids.detach().to("cpu", torch.long)
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, vq) -> "MuseTokens":
+        """Token grids made by (or for) the VQ tokenizer ``vq``."""
+        return cls(ids, vq.downsample_factor, vq.codebook_size, vq.fingerprint)
 
     @property
     def image_size(self) -> tuple[int, int]:

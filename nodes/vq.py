@@ -32,7 +32,7 @@ class MuseVQEncode:
         with running(vq) as (vq_model,):
             check_image_batch("the IMAGE input", images, vq_model.downsample_factor)
             ids = vq_model.encode(images)
-        return (MuseTokens(ids, vq_model.downsample_factor, vq_model.codebook_size),)
+        return (MuseTokens.of(ids, vq_model),)
 
 
 class MuseVQDecode:

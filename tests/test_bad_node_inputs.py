@@ -156,3 +156,27 @@ def test_model_lists_survive_looping_symlinks(nodes, monkeypatch, tmp_path):
     assert sorted(listed) == ["family/transformer", "loose/vq.safetensors"]
     folders = _finishes(nodes["MuseModelLoader"].INPUT_TYPES)["required"]["model"][0]
     assert folders == ["embedded", "family"]
+
+
+def test_super_res_refuses_tokens_of_its_super_res_vq(nodes, embedded):
+    """The embedded cascade's two VQs both have 256 codes: only the tokens' VQ fingerprint tells them apart."""
+    transformer, vq, text_encoder, super_res, super_res_vq = embedded
+    conditioning = nodes["MuseTextEncode"]().encode(text_encoder, "a red circle", "")[0]
+    image = torch.rand(1, 64, 64, 3)
+    (wrong,) = nodes["MuseVQEncode"]().encode(super_res_vq, image)
+    with pytest.raises(ValueError, match="not made by the base VQ of this super-res model's cascade"):
+        nodes["MuseSuperResSampler"]().sample(super_res, super_res_vq, conditioning, wrong, 2, **decoding(steps=1))
+    (right,) = nodes["MuseVQEncode"]().encode(vq, image)
+    tokens, _ = nodes["MuseSuperResSampler"]().sample(super_res, super_res_vq, conditioning, right, 2, **decoding(steps=1))
+    assert tokens.vq_fingerprint == super_res_vq.model.fingerprint
+
+
+def test_vq_decode_refuses_tokens_of_another_vq_of_the_same_size(nodes, embedded):
+    vq = embedded[1]
+    (tokens,) = nodes["MuseVQEncode"]().encode(vq, torch.rand(1, 64, 64, 3))
+    (other,) = nodes["MuseVQLoader"]().load("embedded/vqvae.safetensors", "auto", "auto", "auto")
+    nodes["MuseVQDecode"]().decode(other, tokens)  # the same weights from another load: accepted
+    with torch.no_grad():
+        other.model.quantize.embedding.weight[0] += 1  # now a different codebook of the same size
+    with pytest.raises(ValueError, match="another VQ of the same size"):
+        nodes["MuseVQDecode"]().decode(other, tokens)

@@ -14,6 +14,7 @@ aMUSEd's VQ gives NaNs when decoded in fp16 (its ``force_upcast``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -289,6 +290,12 @@ class VQTokenizer(MuseModel):
     @property
     def codebook_size(self) -> int:
         return self.config.num_vq_embeddings
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the codebook: tells apart two VQs of the same sizes (token grids remember theirs)."""
+        weights = self.quantize.embedding.weight.detach().float().cpu().contiguous()
+        return hashlib.sha1(weights.numpy().tobytes()).hexdigest()[:16]
 
     @property
     def downsample_factor(self) -> int:
