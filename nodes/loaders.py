@@ -17,7 +17,7 @@ from . import comfy_env
 from .model_files import component_names, model_folder_names, resolve
 from .runtime import LoadedModel, at_rest_device, compute_device, torch_dtype
 from .types import RERANKER, SUPER_RES, TEXT_ENCODER, TRANSFORMER, VQ
-from .widgets import ATTENTION, model_options
+from .widgets import ATTENTION, COMPILE, model_options
 
 TEXT_FOLDERS = (comfy_env.MUSE_FOLDER, comfy_env.TEXT_ENCODER_FOLDER)
 
@@ -49,13 +49,17 @@ class MuseModelLoader:
                 "(64 px base, 128 px super-res).")}),
             **model_options("transformer and text encoder"),
             "attention": ATTENTION,
-        }}
+        }, "optional": {"compile": COMPILE}}  # optional: workflows saved before it load unchanged
 
-    def load(self, model, dtype, device, attention):
+    def load(self, model, dtype, device, attention, compile=None):
         folder = resolve(model)
         target = compute_device(device)
         weights_dtype = torch_dtype(dtype, target)
         pipe = load_pipeline(folder, dtype=weights_dtype, device=at_rest_device(target), attention=attention)
+        if compile:
+            for transformer in (pipe.transformer, pipe.super_res):
+                if transformer is not None:
+                    transformer.compile_steps()
 
         # One device for the whole folder; a component whose offload device differs (with --highvram: the text
         # encoder and VQ rest on the CPU) goes there when ComfyUI first unloads it.
@@ -83,23 +87,29 @@ class _ComponentLoader:
     default_dtype = None  # None: the dtype widget's auto rule
     offload_kind = "unet"  # which of ComfyUI's offload devices the weights rest on (runtime.at_rest_device)
     recommends_sampling = False  # transformers: pass their recommended settings on to the samplers
+    compilable = False  # transformers: offer the optional compile widget
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
+        inputs = {"required": {
             "model_name": (component_names(cls.embedded), {"tooltip": (
                 f"The {cls.label}: a .safetensors file or a diffusers component folder inside models/muse, "
                 "or a component of the embedded default model.")}),
             **model_options(cls.label),
             "attention": ATTENTION,
         }}
+        if cls.compilable:
+            inputs["optional"] = {"compile": COMPILE}
+        return inputs
 
-    def load(self, model_name, dtype, device, attention):
+    def load(self, model_name, dtype, device, attention, compile=None):
         target = compute_device(device)
         rest = at_rest_device(target, self.offload_kind)
         path = resolve(model_name)
         model = self.load_component(path, dtype=torch_dtype(dtype, target, self.default_dtype), device=rest,
                                     attention=attention)
+        if compile:
+            model.compile_steps()
         # a component's recommended settings: its family's and its model folder's sampling.json, as for a folder
         sampling = recommended_sampling(model, path.parent) if self.recommends_sampling else {}
         return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling, rest),)
@@ -118,6 +128,7 @@ class MuseTransformerLoader(_ComponentLoader):
     OUTPUT_TOOLTIPS = ("The base transformer, for the Muse Sampler, inpainting and editing nodes.",)
     label = "base transformer"
     recommends_sampling = True
+    compilable = True
     embedded = ["transformer.safetensors"]
 
     def load_component(self, path, **options):
@@ -132,6 +143,7 @@ class MuseSuperResLoader(_ComponentLoader):
     model_class = SuperResTransformer
     label = "super-res transformer"
     recommends_sampling = True
+    compilable = True
     embedded = ["super_res.safetensors"]
 
 

@@ -27,6 +27,12 @@ def model_options(what: str) -> dict:
     }
 
 
+COMPILE = ("BOOLEAN", {"default": False, "tooltip": (
+    "torch.compile the transformer's per-step forward: faster steps after a one-off compilation on the first "
+    "run (minutes on a CPU, less on a GPU), kept while ComfyUI keeps this loader's output; a new image size "
+    "compiles once more. Worth it for many runs or many steps.")})
+
+
 ATTENTION = combo(ATTENTION_BACKENDS, default="auto", tooltip=(
     "Attention kernel. auto: xformers on a GPU when it is installed, else PyTorch SDPA; math: the plain "
     "formula (slow, for checking)."))

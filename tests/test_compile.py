@@ -42,3 +42,17 @@ def test_compiled_steps_give_the_eager_ids():
     eager = run()
     pipe.transformer.compile_steps()
     assert torch.equal(run(), eager)
+
+
+def test_loader_nodes_compile_when_asked(monkeypatch):
+    from .comfy_harness import load_pack  # noqa: PLC0415
+
+    compiled = []
+    monkeypatch.setattr(MuseModel, "compile_steps", lambda self: compiled.append(type(self).__name__) or self)
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    nodes["MuseModelLoader"]().load("embedded", "auto", "cpu", "auto")  # a workflow saved before the widget
+    assert compiled == []
+    nodes["MuseModelLoader"]().load("embedded", "auto", "cpu", "auto", compile=True)
+    nodes["MuseTransformerLoader"]().load("embedded/transformer.safetensors", "auto", "cpu", "auto", compile=True)
+    assert compiled == ["MaskedTokenUViT", "SuperResTransformer", "MaskedTokenUViT"]
+    assert "compile" not in nodes["MuseVQLoader"].INPUT_TYPES().get("optional", {})
