@@ -125,6 +125,14 @@ def test_workflows_cover_the_issue():
                      "meissonic_inpaint"}
 
 
+def test_every_workflow_has_a_template_thumbnail():
+    """ComfyUI's template browser shows workflows/<name>.jpg on the card of <name>.json."""
+    for path in WORKFLOWS:
+        thumbnail = path.with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{thumbnail.name} is missing: run python tools/make_figures.py --thumbnails"
+        assert thumbnail.stat().st_size < 30 * 1024
+
+
 def slow_if_meissonic(path):
     """Meissonic workflows run 48 steps at 1024 px (on the tiny stand-in: about 20 s each)."""
     return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if path.stem.startswith("meissonic") else [])

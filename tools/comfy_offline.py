@@ -11,6 +11,7 @@ run the workflows with them. A plain module: it imports nothing from tests/.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -233,3 +234,82 @@ class ModelManagementDouble:
                 return self.model
 
         return ModelPatcher
+
+
+# ---- validation and execution -------------------------------------------------------------------------
+
+def _check_value(node_id: str, name: str, spec, value) -> None:
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    where = f"node {node_id}, input {name!r}"
+    if isinstance(kind, list):  # ComfyUI's rule: choices given as a tuple are not checked
+        if value not in kind:
+            choices = kind if len(kind) <= 20 else f"(list of length {len(kind)})"
+            raise ValueError(f"{where}: Value not in list: {name}: {value!r} not in {choices}")
+    elif kind in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
+            raise ValueError(f"{where}: {value!r} is not a {kind}.")
+        if value < options.get("min", -float("inf")) or value > options.get("max", float("inf")):
+            raise ValueError(f"{where}: {value} is outside [{options.get('min')}, {options.get('max')}].")
+    elif kind == "STRING" and not isinstance(value, str):
+        raise ValueError(f"{where}: {value!r} is not a STRING.")
+    elif kind == "BOOLEAN" and not isinstance(value, bool):
+        raise ValueError(f"{where}: {value!r} is not a BOOLEAN.")
+
+
+def validate_api(prompt: dict, mappings: dict) -> None:
+    """Refuse the prompt, as ComfyUI's /prompt does before anything runs, if any node's inputs are invalid."""
+    for node_id, node in prompt.items():
+        specs = mappings[node["class_type"]].INPUT_TYPES()
+        required, optional = specs.get("required", {}), specs.get("optional", {})
+        missing = [name for name in required if name not in node["inputs"]]
+        if missing:
+            raise ValueError(f"node {node_id} ({node['class_type']}): required inputs {missing} are missing.")
+        for name, value in node["inputs"].items():
+            spec = required.get(name) or optional.get(name)
+            if spec is None:
+                raise ValueError(f"node {node_id} ({node['class_type']}): unknown input {name!r}.")
+            if isinstance(value, list):  # a link: [origin node id, output slot]
+                origin, slot = value
+                produced = mappings[prompt[origin]["class_type"]].RETURN_TYPES[slot]
+                if produced != spec[0]:
+                    raise ValueError(f"node {node_id}: input {name!r} wants {spec[0]}, the link brings {produced}.")
+            else:
+                _check_value(node_id, name, spec, value)
+
+
+def run_api(prompt: dict, mappings: dict, cache: dict | None = None) -> dict:
+    """Validate, then run every node; returns {node id: {"result": outputs tuple, "ui": ui dict or None}}.
+
+    ``cache``: a dict kept from prompt to prompt, as ComfyUI's (classic) cache: a node whose inputs, and its
+    upstream nodes' inputs, are those of a node run before is not run again; its outputs are reused."""
+    validate_api(prompt, mappings)
+    done: dict[str, dict] = {}
+
+    def signature(node_id: str) -> str:
+        node = prompt[node_id]
+        inputs = {name: [signature(value[0]), value[1]] if isinstance(value, list) else value
+                  for name, value in node["inputs"].items()}
+        return json.dumps([node["class_type"], inputs], sort_keys=True)
+
+    def run(node_id: str):
+        if node_id in done:
+            return done[node_id]
+        if cache is not None and signature(node_id) in cache:
+            done[node_id] = cache[signature(node_id)]
+            return done[node_id]
+        node = prompt[node_id]
+        cls = mappings[node["class_type"]]
+        kwargs = {name: run(value[0])["result"][value[1]] if isinstance(value, list) else value
+                  for name, value in node["inputs"].items()}
+        returned = getattr(cls(), cls.FUNCTION)(**kwargs)
+        if isinstance(returned, dict):
+            done[node_id] = {"result": tuple(returned.get("result", ())), "ui": returned.get("ui")}
+        else:
+            done[node_id] = {"result": tuple(returned), "ui": None}
+        if cache is not None:
+            cache[signature(node_id)] = done[node_id]
+        return done[node_id]
+
+    for node_id in prompt:
+        run(node_id)
+    return done

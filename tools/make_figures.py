@@ -8,6 +8,10 @@ Each tile is what ``muse generate PROMPT --sr --seed 0`` gives (up to floating-p
 with the thread count). No picking: every prompt has seed 0.
 
     python tools/make_figures.py                  # -> docs/images/embedded_grid.png (15-20 s on one CPU core)
+    python tools/make_figures.py --thumbnails     # -> workflows/<name>.jpg, the template browser's thumbnails
+
+A thumbnail is what the workflow saves when run headlessly on the embedded model (its first images, enlarged);
+the Meissonic workflows need weights the repository does not hold, so theirs is a card saying so.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # `python tools/make_figures.py` puts only tools/
 import muse_core  # noqa: E402  (after sys.path.insert)
 from muse_core.pipeline import DEFAULT_MODEL_DIR  # noqa: E402
 from muse_core.sampling import SUPER_RES_STEPS, generate, super_resolve  # noqa: E402
+from tools.comfy_offline import CoreNodes, load_pack, run_api  # noqa: E402
 
 PROMPTS = [
     "two red circles on a blue background",
@@ -98,13 +103,59 @@ def draw_grid(results: list[tuple[str, torch.Tensor, torch.Tensor]], native: int
     return canvas
 
 
+THUMBNAIL = 256  # px; ComfyUI's template cards are square
+
+
+def workflow_thumbnail(api: dict, mappings: dict, output_dir: Path) -> Image.Image:
+    """Up to four of the images the workflow saves, in a 2 x 2 grid (one image: the whole card)."""
+    run_api(api, mappings)
+    saved = sorted(output_dir.glob("*.png"))[:4]
+    side = THUMBNAIL if len(saved) == 1 else (THUMBNAIL - GAP) // 2
+    card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), "white")
+    for index, path in enumerate(saved):
+        picture = Image.open(path).convert("RGB").resize((side, side), Image.NEAREST)
+        card.paste(picture, ((index % 2) * (side + GAP), (index // 2) * (side + GAP)))
+    return card
+
+
+def text_card(lines: list[str]) -> Image.Image:
+    card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (40, 44, 52))
+    draw = ImageDraw.Draw(card)
+    for k, line in enumerate(lines):
+        draw.text((12, 90 + 22 * k), line, fill="white", font=font(14))
+    return card
+
+
+def write_thumbnails() -> None:
+    import json  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    pack = load_pack()
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        target = path.with_suffix(".jpg")
+        if path.stem.startswith("meissonic"):
+            card = text_card(["Meissonic", path.stem.removeprefix("meissonic_").replace("_", " "),
+                              "needs models/muse/Meissonic"])
+        else:
+            with tempfile.TemporaryDirectory() as scratch:
+                core = CoreNodes(ROOT / "example_inputs", Path(scratch))
+                api = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+                card = workflow_thumbnail(api, {**core.mappings, **pack.NODE_CLASS_MAPPINGS}, Path(scratch))
+        card.save(target, quality=85)
+        print(f"{target.relative_to(ROOT)} ({target.stat().st_size // 1024} KB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "docs" / "images" / "embedded_grid.png")
+    parser.add_argument("--thumbnails", action="store_true", help="write the workflows' template thumbnails instead")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine more threads can be many times slower)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    if args.thumbnails:
+        write_thumbnails()
+        return 0
     start = time.perf_counter()
     torch.manual_seed(SEED)
     pipe = muse_core.load_pipeline(DEFAULT_MODEL_DIR)
