@@ -11,7 +11,8 @@ given directly (no tokenizer or text encoder). Reported per configuration:
 - peak memory of each, measured in a fresh process that loads the weights from disk and generates once
   (CPU: peak resident set size; CUDA: ``torch.cuda.max_memory_allocated``);
 - our achieved FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` over the transformer passes and the
-  VQ decode) against the machine's peak for that dtype.
+  VQ decode) as a share of what a large matrix product of the same dtype reaches on the same device in the
+  same run, before and after the timed runs, the faster kept ("% of matmul", ``benchmarks/machine.py``).
 
 Usage::
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import subprocess
@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import machine  # noqa: E402
 from muse_core.loading import load_model  # noqa: E402
 from muse_core.models.uvit import MaskedTokenUViT  # noqa: E402
 from muse_core.models.vq import VQTokenizer  # noqa: E402
@@ -137,58 +138,27 @@ IMPLEMENTATIONS = {"ours": Ours, "diffusers": Diffusers}
 
 # ---- measurements -------------------------------------------------------------------------------------
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(run, batch: int, size: int, device: str) -> tuple[float, torch.Tensor]:
-    synchronize(device)
+    machine.synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         ids, _ = run(batch, size)
-    synchronize(device)
+    machine.synchronize(device)
     return time.perf_counter() - start, ids.cpu()
 
 
 def count_flops(ours: Ours, batch: int, size: int) -> float:
     """FLOPs of one generation: STEPS guided transformer passes (batch x 2) and one VQ decode."""
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
-
     grid = size // FACTOR
     ids = torch.full((2 * batch, grid, grid), ours.model.mask_token_id, device=ours.model.device)
     text = TextConditioning.cat([ours.prompts.negative, ours.prompts.positive]).repeat_interleave(batch)
     text = text.to(ours.model.device, ours.model.dtype)
     micro = torch.tensor([[size, size, 0, 0, 6.0]], device=ours.model.device, dtype=ours.model.dtype).repeat(2 * batch, 1)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        ours.model(ids, text.hidden_states, text.pooled, micro, text.attention_mask)
-    transformer_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        ours.vq.decode(ids[:batch].clamp(max=ours.vq.codebook_size - 1))
-    return STEPS * transformer_flops + counter.get_total_flops()
-
-
-def peak_flops(dtype: str, device: str) -> tuple[float, str]:
-    """The machine's peak FLOP/s for matrix products in ``dtype``, and how it was derived."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        # Dense (no sparsity) datasheet figures, SXM parts.
-        table = {"H100": {"fp32": 67e12, "bf16": 989e12}, "H200": {"fp32": 67e12, "bf16": 989e12},
-                 "A100": {"fp32": 19.5e12, "bf16": 312e12}}
-        for key, peaks in table.items():
-            if key in name:
-                return peaks[dtype], f"{name} datasheet ({dtype}, dense)"
-        return float("nan"), f"{name}: no datasheet figure"
-    info = Path("/proc/cpuinfo").read_text()
-    cores = len(re.findall(r"^processor\s*:", info, re.M))
-    mhz = float(re.search(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M).group(1))
-    flags = re.search(r"^flags\s*:(.*)$", info, re.M).group(1).split()
-    if dtype == "bf16" and "amx_bf16" in flags:
-        per_cycle, unit = 1024, "AMX: 1024 bf16 FLOP/cycle/core"
-    else:
-        lanes = 16 if "avx512f" in flags else 8  # fp32 lanes per vector; bf16 without AMX runs as fp32
-        per_cycle, unit = 2 * 2 * lanes, f"2 FMA units x {lanes} fp32 lanes x 2"
-    return cores * mhz * 1e6 * per_cycle, f"{cores} cores x {mhz:.0f} MHz x {unit}"
+    with torch.inference_mode():
+        _, transformer_flops = machine.count_flops(
+            lambda: ours.model(ids, text.hidden_states, text.pooled, micro, text.attention_mask))
+        _, vq_flops = machine.count_flops(lambda: ours.vq.decode(ids[:batch].clamp(max=ours.vq.codebook_size - 1)))
+    return STEPS * transformer_flops + vq_flops
 
 
 def child_peak_memory(folder: Path, implementation: str, dtype: str, batch: int, size: int, device: str) -> int:
@@ -215,6 +185,8 @@ def benchmark(config: str, dtype: str, batch: int, repeats: int, device: str, wo
         write_weights(folder, config)
     size = CONFIGS[config]["sample_size"] * FACTOR
     runs = [IMPLEMENTATIONS[name](folder, DTYPES[dtype], device) for name in ("ours", "diffusers")]
+    snapshot = machine.cpu_snapshot()
+    matmul = machine.matmul_rate(DTYPES[dtype], device)
     times = {run.name: [] for run in runs}
     ids = {}
     for repeat in range(repeats + 1):  # the first round warms up
@@ -224,7 +196,8 @@ def benchmark(config: str, dtype: str, batch: int, repeats: int, device: str, wo
                 times[run.name].append(seconds)
     median = {name: statistics.median(values) for name, values in times.items()}
     flops = count_flops(runs[0], batch, size)
-    peak, peak_source = peak_flops(dtype, device)
+    matmul = max(matmul, machine.matmul_rate(DTYPES[dtype], device), key=lambda rate: rate["flops_per_s"])
+    others = machine.others_cpu_share(snapshot, machine.cpu_snapshot())
     del runs
     memory = {name: child_peak_memory(folder, name, dtype, batch, size, device) for name in IMPLEMENTATIONS}
     identical = bool(torch.equal(ids["ours"], ids["diffusers"])) if batch == 1 else None
@@ -233,13 +206,13 @@ def benchmark(config: str, dtype: str, batch: int, repeats: int, device: str, wo
         "steps": STEPS, "repeats": repeats, "seconds": median, "all_seconds": times,
         "speedup": median["diffusers"] / median["ours"], "ids_identical": identical,
         "peak_memory_bytes": memory, "flops": flops, "achieved_flops_per_s": flops / median["ours"],
-        "peak_flops_per_s": peak, "peak_source": peak_source,
+        "matmul_flops_per_s": matmul["flops_per_s"], "matmul_source": matmul["source"], "others_cpu_share": others,
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| config | batch | dtype | ours (s) | diffusers (s) | diffusers / ours | ids identical "
-             "| peak mem ours / diffusers (GiB) | ours TFLOP/s (% of peak) |",
+             "| peak mem ours / diffusers (GiB) | TFLOP/s ours / matmul (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         identical = {True: "yes", False: "NO", None: "n/a (batch RNG)"}[r["ids_identical"]] if r["dtype"] == "fp32" else "n/a (bf16)"
@@ -247,7 +220,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['dtype']} | {r['seconds']['ours']:.2f} | {r['seconds']['diffusers']:.2f} | "
             f"{r['speedup']:.2f}x | {identical} | {mem['ours'] / 2**30:.2f} / {mem['diffusers'] / 2**30:.2f} | "
-            f"{r['achieved_flops_per_s'] / 1e12:.3f} ({100 * r['achieved_flops_per_s'] / r['peak_flops_per_s']:.0f}%) |"
+            f"{machine.percent_of_matmul(r['achieved_flops_per_s'], r['matmul_flops_per_s'])} |"
         )
     return "\n".join(lines)
 
@@ -274,11 +247,11 @@ def main() -> None:
                 for dtype in args.dtypes:
                     rows.append(benchmark(config, dtype, batch, args.repeats, args.device, work))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    print(f"\n{machine}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; peak: {rows[0]['peak_source']}\n")
+    name = machine.machine_name(args.device)
+    print(f"\n{name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; matmul: {machine.matmul_description(args.device)}\n")
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "torch": torch.__version__, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": name, "torch": torch.__version__, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
