@@ -7,6 +7,8 @@ Their heavy modules are imported when the command runs, which keeps ``muse --hel
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -40,6 +42,9 @@ def add_eval(subparsers) -> None:
     parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)
     parser.add_argument("--chunk-size", "--batch-size", dest="chunk_size", type=bounded_int(1, 256), default=16,
                         metavar="N", help="images sampled at once (default: 16)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="instead of the rows: the base model's boundary-token accuracy and boundary infill on "
+                             "the single-object prompts (quick gates for a training run; docs/training.md)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(parser)
@@ -51,6 +56,8 @@ def run_eval(args) -> None:
 
     folder = model_folder(args.model)
     pipe = load_model_folder(folder, args)
+    if args.diagnose:
+        return run_diagnosis(pipe, args)
     reranker = folder / RERANKER_FOLDER
     scorer = load_clip_scorer(reranker, device=pipe.transformer.device) if reranker.is_dir() else None
     report = evaluate(pipe, scorer, settings=args.settings, limit=args.limit, seed=args.seed,
@@ -60,6 +67,21 @@ def run_eval(args) -> None:
     if args.json is not None:
         with atomic_output(args.json, overwrite=True) as temporary:
             temporary.write_text(report.to_json())
+        print(f"wrote {args.json}")
+
+
+def run_diagnosis(pipe, args) -> None:
+    from ..data.shapes import eval_scenes  # noqa: PLC0415  (see add_eval)
+    from ..eval.diagnose import diagnose  # noqa: PLC0415
+    from ..eval.run import rendered, select  # noqa: PLC0415
+
+    scenes = [scene for scene in select(eval_scenes(), args.limit) if scene.category == "single"]
+    diagnosis = diagnose(pipe, scenes, rendered, seed=args.seed, batch_size=args.chunk_size,
+                         guidance_scale=args.guidance)
+    print(diagnosis.format())
+    if args.json is not None:
+        with atomic_output(args.json, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(dataclasses.asdict(diagnosis), indent=2))
         print(f"wrote {args.json}")
 
 
