@@ -1,5 +1,8 @@
 """Muse LoRA Loader: a transformer (and text encoder) with a LoRA file from ComfyUI's models/loras patched in.
 
+The list offers the pack's example LoRA first (``example/<file>``, from ``example_inputs/``: a LoRA of the
+embedded model, which the muse_lora workflow loads), then the files of models/loras.
+
 The input models are never changed: ComfyUI caches them, and other branches of the graph may use them. The
 outputs are copies of the module trees that share every tensor the LoRA leaves alone with the input and hold
 new tensors for the patched weights only. So a loader costs the memory of the weights its LoRA patches, once
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 from torch import nn
@@ -17,15 +21,22 @@ from torch import nn
 from muse_core.limits import MAX_LORA_STRENGTH
 from muse_core.loading.lora import lora_parts, lora_patches
 
+from .comfy_env import EXAMPLE_INPUTS
 from .model_files import component_names, resolve
 from .runtime import LoadedModel
 from .types import TEXT_ENCODER, TRANSFORMER
 
 LORA_FOLDER = "loras"  # ComfyUI's models/loras, which its own LoRA loaders list too
 FOLDERS = (LORA_FOLDER,)
-# The list's only entry when models/loras holds no file: an empty list would show a blank widget that fails
-# with "Value not in list", so the entry itself says what to install.
+# The list's only entry when models/loras holds no file and the pack's example is missing: an empty list would
+# show a blank widget that fails with "Value not in list", so the entry itself says what to install.
 NO_LORA = "none installed: put LoRA .safetensors files in models/loras"
+EXAMPLE = "example"  # the prefix of the pack's own LoRAs in the list
+
+
+def example_loras() -> dict[str, Path]:
+    """The LoRAs the pack ships (``example_inputs/*.safetensors``), by their listed names."""
+    return {f"{EXAMPLE}/{path.name}": path for path in sorted(EXAMPLE_INPUTS.glob("*.safetensors"))}
 
 
 def _patched_copy(loaded: LoadedModel, new_weights: dict[int, nn.Parameter], label: str) -> LoadedModel:
@@ -58,9 +69,9 @@ class MuseLoraLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "transformer": (TRANSFORMER, {"tooltip": "The base transformer the LoRA was trained on."}),
-            "lora_name": (component_names([], FOLDERS) or [NO_LORA], {"tooltip": (
+            "lora_name": ([*example_loras(), *component_names([], FOLDERS)] or [NO_LORA], {"tooltip": (
                 "A LoRA file in models/loras, as diffusers' aMUSEd LoRA training saves it "
-                "(pytorch_lora_weights.safetensors).")}),
+                "(pytorch_lora_weights.safetensors); example/... are the pack's own (for the embedded model).")}),
             "strength": ("FLOAT", {"default": 1.0, "min": -MAX_LORA_STRENGTH, "max": MAX_LORA_STRENGTH,
                                    "step": 0.01, "tooltip": (
                 "How much of the LoRA to add: 1 as trained, 0 leaves the model as it is, negative values push "
@@ -76,7 +87,7 @@ class MuseLoraLoader:
                 "Muse LoRA Loader: no LoRA is installed. Put the LoRA's .safetensors file (diffusers' aMUSEd LoRA "
                 "training saves pytorch_lora_weights.safetensors) in ComfyUI/models/loras, then refresh the lists "
                 "(press R).")
-        path = resolve(lora_name, FOLDERS)
+        path = example_loras().get(lora_name) or resolve(lora_name, FOLDERS)
         if "text_encoder" in lora_parts(path) and text_encoder is None:
             raise ValueError(
                 f"Muse LoRA Loader: '{lora_name}' also patches the text encoder. Connect the text encoder to this "

@@ -18,6 +18,8 @@ from muse_core.pipeline import DEFAULT_MODEL_DIR
 
 from .comfy_harness import ROOT, decoding, load_pack, run_api
 
+EXAMPLE_LORA = "example/muse_example_lora.safetensors"  # the pack's own, from example_inputs/
+
 
 def write_lora(path, parts: dict[str, nn.Module], seed: int = 0, rank: int = 2) -> None:
     """A LoRA in diffusers' aMUSEd key layout with random A and B for every other Linear layer of each part
@@ -88,11 +90,15 @@ def logits(transformer, text_encoder, prompt="two red circles on a blue backgrou
 
 def test_the_lists_offer_the_files_of_models_loras(nodes):
     names = nodes["MuseLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0]
-    assert names == ["other.safetensors", "style.safetensors", "text_only.safetensors"]
+    assert names == [EXAMPLE_LORA, "other.safetensors", "style.safetensors", "text_only.safetensors"]
 
 
-def test_an_empty_loras_folder_is_one_entry_that_says_what_to_install(nodes, embedded, lora_folders):
+def test_an_empty_loras_folder_is_one_entry_that_says_what_to_install(nodes, embedded, lora_folders, monkeypatch,
+                                                                      tmp_path):
     lora_folders.clear()
+    assert nodes["MuseLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == [EXAMPLE_LORA]
+    lora_module = __import__(f"{load_pack().__name__}.nodes.lora", fromlist=["lora"])
+    monkeypatch.setattr(lora_module, "EXAMPLE_INPUTS", tmp_path)  # a pack without its example LoRA
     (name,) = nodes["MuseLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0]
     assert "models/loras" in name
     with pytest.raises(FileNotFoundError, match=r"no LoRA is installed. Put .* in ComfyUI/models/loras.*press R"):

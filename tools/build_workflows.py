@@ -122,6 +122,17 @@ WORKFLOWS = {
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
                   ("vq_encode.tokens", "sampler.tokens"), ("sampler.images", "save.images")],
     },
+    "muse_lora": {  # the example LoRA: navy backgrounds where the prompt names none (tools/make_example_lora.py)
+        "nodes": [LOADER,
+                  ("lora", "MuseLoraLoader", {"lora_name": "example/muse_example_lora.safetensors", "strength": 1.0}),
+                  encode("two red circles"),
+                  ("sampler", "MuseSampler", {**SIZE_64, "batch_size": 4, **EMBEDDED_SAMPLING}),
+                  ("save", "SaveImage", {"filename_prefix": "muse_lora"})],
+        "links": [("loader.transformer", "lora.transformer"), ("loader.text_encoder", "lora.text_encoder"),
+                  ("lora.transformer", "sampler.transformer"), ("loader.vq", "sampler.vq"),
+                  ("lora.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
+                  ("sampler.images", "save.images")],
+    },
     "meissonic_text_to_image": {
         "nodes": [MEISSONIC_LOADER, encode(MEISSONIC_PROMPT, negative=MEISSONIC_NEGATIVE),
                   ("sampler", "MuseSampler", {"width": 1024, "height": 1024, **MEISSONIC_SAMPLING}),

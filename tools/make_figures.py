@@ -9,6 +9,7 @@ with the thread count). No picking: every prompt has seed 0.
 
     python tools/make_figures.py                  # -> docs/images/embedded_grid.png (15-20 s on one CPU core)
     python tools/make_figures.py --thumbnails     # -> workflows/<name>.jpg, the template browser's thumbnails
+    python tools/make_figures.py --thumbnails --workflows muse_lora   # -> only workflows/muse_lora.jpg
 
 A thumbnail is what the workflow saves when run headlessly on the embedded model (its first images, enlarged);
 the Meissonic workflows need weights the repository does not hold, so theirs is a card saying so.
@@ -126,12 +127,19 @@ def text_card(lines: list[str]) -> Image.Image:
     return card
 
 
-def write_thumbnails() -> None:
+def write_thumbnails(names: list[str] | None = None) -> None:
+    """The thumbnail of every workflow, or of the ones ``names`` lists (file stems, e.g. muse_lora)."""
     import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     pack = load_pack()
-    for path in sorted((ROOT / "workflows").glob("*.json")):
+    paths = sorted((ROOT / "workflows").glob("*.json"))
+    unknown = sorted(set(names or ()) - {path.stem for path in paths})
+    if unknown:
+        raise SystemExit(f"no workflows/<name>.json for {unknown}")
+    for path in paths:
+        if names and path.stem not in names:
+            continue
         target = path.with_suffix(".jpg")
         if path.stem.startswith("meissonic"):
             card = text_card(["Meissonic", path.stem.removeprefix("meissonic_").replace("_", " "),
@@ -149,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "docs" / "images" / "embedded_grid.png")
     parser.add_argument("--thumbnails", action="store_true", help="write the workflows' template thumbnails instead")
+    parser.add_argument("--workflows", nargs="+", metavar="NAME",
+                        help="with --thumbnails: only these workflows' (e.g. muse_lora; default: all)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared machine more threads can be many times slower)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     if args.thumbnails:
-        write_thumbnails()
+        write_thumbnails(args.workflows)
         return 0
     start = time.perf_counter()
     torch.manual_seed(SEED)
