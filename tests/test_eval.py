@@ -33,8 +33,9 @@ def test_checker_passes_every_eval_render():
 
 
 def test_checker_passes_training_renders():
-    scenes = [scene for scene, _ in training_scenes(500, seed=123)]
-    assert failures(scenes, [render(scene, 64) for scene in scenes]) == []
+    for aligned in (False, True):
+        scenes = [scene for scene, _ in training_scenes(500, seed=123, aligned=aligned)]
+        assert failures(scenes, [render(scene, 64) for scene in scenes]) == [], aligned
 
 
 def test_checker_reads_what_was_drawn():

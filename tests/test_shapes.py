@@ -19,6 +19,7 @@ from muse_core.data.shapes import (
     RELATION_SEPARATION,
     RELATION_WORDS,
     SHAPE_COLOURS,
+    TOKEN_GRID,
     Scene,
     eval_scenes,
     held_out_captions,
@@ -110,7 +111,8 @@ def test_negatives_differ_from_the_caption():
 
 
 def test_geometry_is_unambiguous():
-    for scene in eval_scenes() + [s for s, _ in training_scenes(1000, seed=2)]:
+    aligned = [s for s, _ in training_scenes(1000, seed=2, aligned=True)]
+    for scene in eval_scenes() + [s for s, _ in training_scenes(1000, seed=2)] + aligned:
         for i, shape in enumerate(scene.shapes):
             x0, y0, x1, y1 = shape.box()
             assert min(x0, y0) >= MARGIN - 1e-3 and max(x1, y1) <= 1 - MARGIN + 1e-3 and shape.size >= 0.2
@@ -121,6 +123,24 @@ def test_geometry_is_unambiguous():
             along, across = (a.cx - b.cx, a.cy - b.cy) if horizontal else (a.cy - b.cy, a.cx - b.cx)
             sign = -1 if scene.relation in ("left of", "above") else 1
             assert sign * along >= RELATION_SEPARATION - 1e-3 and abs(across) <= RELATION_DRIFT + 1e-3
+
+
+def test_aligned_shapes_lie_on_the_token_grid():
+    scenes = [s for s, _ in training_scenes(400, seed=7, aligned=True)]
+    for scene in scenes:
+        for shape in scene.shapes:
+            assert all(float(edge * TOKEN_GRID).is_integer() for edge in shape.box()), shape
+    # squares' edges are token boundaries: every 4x4 patch of a square-only render at 64 px is one colour
+    squares = [s for s in scenes if {shape.kind for shape in s.shapes} == {"square"}]
+    assert len(squares) > 50
+    for scene in squares:
+        patches = render(scene, 64).reshape(16, 4, 16, 4, 3).transpose(0, 2, 1, 3, 4).reshape(256, 16, 3)
+        assert (patches == patches[:, :1]).all(), scene.caption
+    # the same concepts: every category, count, kind, colour and both size words
+    captions = " ".join(s.caption for s in scenes)
+    assert {s.category for s in scenes} == set(CATEGORIES) and "small" in captions and "large" in captions
+    assert all(word in captions for word in [*SHAPE_COLOURS, *NUMBER_WORDS.values(), "circle", "triangle"])
+    assert not held_out_captions() & {s.caption for s in scenes}
 
 
 def test_render_looks_the_same_at_every_resolution():

@@ -12,6 +12,14 @@ colour-segmentation checker (``muse_core.eval.checker``) can demand an exact mat
 
 Geometry is chosen so detection is reliable at 64 px even through a 4x4-pixel VQ: shapes are at least
 0.2 of the image wide, never touch, and a relation has a clear separation along its axis.
+
+``aligned=True`` (training data only) puts every shape's box on whole cells of a ``TOKEN_GRID`` x
+``TOKEN_GRID`` grid, the embedded model's token grid at both its resolutions (4 px at 64 px, 8 px at
+128 px). An edge that ends on a token boundary puts no sub-token offset into the tokens: a square is flat
+tokens only, and the tokens a circle's or triangle's edge crosses are fixed by its size in cells. With
+free positions the boundary tokens carry where within 4x4 pixels each edge passes, which a transformer
+cannot know from the rest of the image (docs/evaluation.md, `--diagnose`). The held-out scenes stay
+free: the checker reads captions, not positions.
 Everything is seeded: the same seed gives the same scenes, captions and bytes.
 """
 
@@ -21,6 +29,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import random
 from pathlib import Path
 
@@ -54,6 +63,10 @@ NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 SMALL_SIZES = (0.20, 0.24)  # "small" and "large" differ by >= 1.4x, so the checker can compare them
 LARGE_SIZES = (0.34, 0.40)
+TOKEN_GRID = 16  # aligned shapes: boxes of whole cells of this grid
+# Box sides of aligned shapes, in cells, for each free range of sizes (small and large: 1.5x apart).
+ALIGNED_CELLS = {(0.2, 0.45): (4, 5, 6, 7), (0.2, 0.36): (4, 5), (0.2, 0.28): (4,), (0.2, 0.34): (4, 5),
+                 SMALL_SIZES: (4,), LARGE_SIZES: (6,)}
 MARGIN = 0.04  # empty border around every shape's box
 GAP = 0.07  # empty space between two shapes' boxes: >= 4 px at 64 px, so blurred shapes stay apart
 RELATION_SEPARATION = 0.35  # centre distance along a relation's axis ...
@@ -126,7 +139,7 @@ class Scene:
 
 
 def size_word(shape: Shape) -> str:
-    return "small" if shape.size <= SMALL_SIZES[1] else "large"
+    return "small" if shape.size < (SMALL_SIZES[1] + LARGE_SIZES[0]) / 2 else "large"
 
 
 def with_article(words: str) -> str:
@@ -165,16 +178,25 @@ def boxes_apart(a: Shape, b: Shape) -> bool:
     return ax1 + GAP <= bx0 or bx1 + GAP <= ax0 or ay1 + GAP <= by0 or by1 + GAP <= ay0
 
 
-def random_centre(rng: random.Random, size: float) -> float:
-    return rng.uniform(MARGIN + size / 2, 1 - MARGIN - size / 2)
+def random_size(rng: random.Random, sizes: tuple[float, float], aligned: bool) -> float:
+    """A box side from the range ``sizes``, or for aligned shapes a whole number of cells (ALIGNED_CELLS)."""
+    return rng.choice(ALIGNED_CELLS[sizes]) / TOKEN_GRID if aligned else rng.uniform(*sizes)
 
 
-def place(rng: random.Random, shapes: list[Shape], attempts: int = 100) -> None:
+def random_centre(rng: random.Random, size: float, aligned: bool) -> float:
+    """A box centre at least MARGIN from the border; for aligned shapes the box's edges are grid lines."""
+    if not aligned:
+        return rng.uniform(MARGIN + size / 2, 1 - MARGIN - size / 2)
+    cells, margin = round(size * TOKEN_GRID), math.ceil(MARGIN * TOKEN_GRID)
+    return (rng.randint(margin, TOKEN_GRID - margin - cells) + cells / 2) / TOKEN_GRID
+
+
+def place(rng: random.Random, shapes: list[Shape], aligned: bool = False, attempts: int = 100) -> None:
     """Give the shapes random, well-separated positions (in place), one after another."""
     for _ in range(attempts):
         for index, shape in enumerate(shapes):
             for _ in range(attempts):
-                shape.cx, shape.cy = random_centre(rng, shape.size), random_centre(rng, shape.size)
+                shape.cx, shape.cy = random_centre(rng, shape.size, aligned), random_centre(rng, shape.size, aligned)
                 if all(boxes_apart(shape, other) for other in shapes[:index]):
                     break
             else:
@@ -185,12 +207,13 @@ def place(rng: random.Random, shapes: list[Shape], attempts: int = 100) -> None:
                        "lower their sizes or GAP.")
 
 
-def place_related(rng: random.Random, first: Shape, second: Shape, relation: str, attempts: int = 500) -> None:
+def place_related(rng: random.Random, first: Shape, second: Shape, relation: str, aligned: bool = False,
+                  attempts: int = 500) -> None:
     """Place two shapes so that ``first <relation> second`` holds with a clear margin."""
     horizontal = relation in ("left of", "right of")
     sign = -1 if relation in ("left of", "above") else 1  # first's axis coordinate minus second's
     for _ in range(attempts):
-        place(rng, [first, second])
+        place(rng, [first, second], aligned)
         along = (first.cx - second.cx) if horizontal else (first.cy - second.cy)
         across = (first.cy - second.cy) if horizontal else (first.cx - second.cx)
         if sign * along >= RELATION_SEPARATION and abs(across) <= RELATION_DRIFT:
@@ -211,37 +234,38 @@ def possible_backgrounds(shapes: list[Shape]) -> list[str]:
     return [*NEUTRAL_BACKGROUNDS, *(colour for colour in SHAPE_COLOURS if colour not in used)]
 
 
-def sample_scene(rng: random.Random, category: str | None = None) -> Scene:
-    """A random scene of ``category`` (random category if None), with its caption."""
+def sample_scene(rng: random.Random, category: str | None = None, aligned: bool = False) -> Scene:
+    """A random scene of ``category`` (random category if None), with its caption; ``aligned``: shapes on
+    the token grid (module docstring)."""
     category = category or rng.choice(CATEGORIES)
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}.")
     mentioned = rng.random() < BACKGROUND_MENTION_RATE
     relation, sizes_mentioned = None, False
     if category == "single":
-        shapes = [Shape(rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS)), 0, 0, rng.uniform(0.2, 0.45))]
-        place(rng, shapes)
+        shapes = [Shape(rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS)), 0, 0, random_size(rng, (0.2, 0.45), aligned))]
+        place(rng, shapes, aligned)
     elif category == "counting":
         count = rng.choice(list(NUMBER_WORDS))
         kind, colour = rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS))
-        size = rng.uniform(0.2, 0.36 if count == 2 else 0.28)
+        size = random_size(rng, (0.2, 0.36) if count == 2 else (0.2, 0.28), aligned)
         shapes = [Shape(kind, colour, 0, 0, size) for _ in range(count)]
-        place(rng, shapes)
+        place(rng, shapes, aligned)
     else:
         (colour_a, kind_a), (colour_b, kind_b) = two_different_objects(rng)
         if category == "pair" and rng.random() < SIZE_MENTION_RATE:
             sizes_mentioned = True
-            sizes = [rng.uniform(*SMALL_SIZES), rng.uniform(*LARGE_SIZES)]
+            sizes = [random_size(rng, SMALL_SIZES, aligned), random_size(rng, LARGE_SIZES, aligned)]
             rng.shuffle(sizes)
         else:
-            sizes = [rng.uniform(0.2, 0.34), rng.uniform(0.2, 0.34)]
+            sizes = [random_size(rng, (0.2, 0.34), aligned), random_size(rng, (0.2, 0.34), aligned)]
         shapes = [Shape(kind_a, colour_a, 0, 0, sizes[0]), Shape(kind_b, colour_b, 0, 0, sizes[1])]
         if category == "position":
             relation = rng.choice(RELATIONS)
-            place_related(rng, shapes[0], shapes[1], relation)
+            place_related(rng, shapes[0], shapes[1], relation, aligned)
         else:
-            place(rng, shapes)
-    for shape in shapes:  # short JSON, same render
+            place(rng, shapes, aligned)
+    for shape in shapes if not aligned else ():  # short JSON, same render (aligned ones are exact in binary)
         shape.cx, shape.cy, shape.size = round(shape.cx, 4), round(shape.cy, 4), round(shape.size, 4)
     background = rng.choice(possible_backgrounds(shapes))
     template = rng.randrange(len(TEMPLATES[category]))
@@ -333,13 +357,13 @@ def held_out_captions() -> frozenset[str]:
     return frozenset(values["caption"] for values in _eval_scene_dicts())
 
 
-def training_scenes(count: int, seed: int):
+def training_scenes(count: int, seed: int, aligned: bool = False):
     """Yields ``count`` (scene, negative captions) pairs, categories in turn; no caption of the eval set."""
     rng = random.Random(seed)
     for index in range(count):
-        scene = sample_scene(rng, CATEGORIES[index % len(CATEGORIES)])
+        scene = sample_scene(rng, CATEGORIES[index % len(CATEGORIES)], aligned)
         while scene.caption in held_out_captions():
-            scene = sample_scene(rng, scene.category)
+            scene = sample_scene(rng, scene.category, aligned)
         yield scene, [negative.caption for negative in negative_scenes(scene, rng)]
 
 
@@ -377,7 +401,7 @@ def render(scene: Scene, size: int) -> np.ndarray:
     return np.rint(image).astype(np.uint8)
 
 
-def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128) -> Path:
+def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128, aligned: bool = False) -> Path:
     """Write ``folder/images/000000.png ...`` and ``folder/captions.jsonl``; returns the JSONL path.
 
     Each line: ``{"image", "caption", "negatives", "scene"}``. Same arguments -> byte-identical files.
@@ -387,7 +411,7 @@ def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128) ->
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for index, (scene, negatives) in enumerate(training_scenes(count, seed)):
+    for index, (scene, negatives) in enumerate(training_scenes(count, seed, aligned)):
         name = f"images/{index:06d}.png"
         Image.fromarray(render(scene, size)).save(folder / name, compress_level=1)
         lines.append(json.dumps({"image": name, "caption": scene.caption, "negatives": negatives,
@@ -403,8 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--aligned", action="store_true", help=f"shapes on the {TOKEN_GRID}x{TOKEN_GRID} token grid")
     args = parser.parse_args(argv)
-    print(write_dataset(args.out, args.count, args.seed, args.size))
+    print(write_dataset(args.out, args.count, args.seed, args.size, args.aligned))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class CascadePreset:
     text_lr_scale: float = 1.0  # the T5's learning rate relative to the base transformer's
     text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
     clip_speck_negatives: bool = False  # the reranker's ClipObjective speck_negatives
+    aligned_shapes: bool = False  # the generated shapes dataset puts shapes on the token grid (data.shapes)
 
     @property
     def sr_size(self) -> int:
@@ -102,7 +103,7 @@ PRESETS = {
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
-        text_position_bias_std=2.0, clip_speck_negatives=True,
+        text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True,
     ),
 }
 
@@ -210,7 +211,7 @@ def _shapes_dataset(folder: Path, preset: CascadePreset, seed: int, world) -> Pa
     from ..data.shapes import write_dataset  # noqa: PLC0415
 
     if world.is_main and not (folder / "captions.jsonl").is_file():
-        write_dataset(folder, preset.dataset_size, seed=seed, size=preset.sr_size)
+        write_dataset(folder, preset.dataset_size, seed=seed, size=preset.sr_size, aligned=preset.aligned_shapes)
     if dist.is_initialized():
         dist.barrier()
     return folder
@@ -223,6 +224,7 @@ def _token_cache(work_dir: Path, out_dir: Path, data_dir: Path, preset: CascadeP
     if world.is_main and not path.is_file():
         vq = load_model(VQTokenizer, out_dir / _OUTPUT[vq_name], dtype=torch.float32, device=world.device)
         ids = encode_images(vq, CaptionFolder(data_dir, resolution), progress=progress)
+        work_dir.mkdir(parents=True, exist_ok=True)  # absent when no earlier stage ran in this work folder
         save_file({"ids": ids}, path, metadata={"resolution": json.dumps(resolution)})
     if dist.is_initialized():
         dist.barrier()
