@@ -115,6 +115,13 @@ class PatchableModule(torch.nn.Module):
 
 
 @functools.cache
+def _holder_class(model_class: str) -> type:
+    """A PatchableModule subclass named after the model's class: ComfyUI's log says "Requested to load <the
+    managed module's class name>", so it names the model (MaskedTokenUViT, VQTokenizer, ...)."""
+    return type(model_class, (PatchableModule,), {"__doc__": PatchableModule.__doc__, "__module__": __name__})
+
+
+@functools.cache
 def whole_model_patcher(base: type) -> type:
     """ComfyUI's ModelPatcher class ``base``, made to load and offload a model whole."""
 
@@ -148,7 +155,7 @@ def manage_model(module: torch.nn.Module, name: str, load_device: torch.device, 
     if model_patcher is None:
         return NodeScopedModel(module, load_device, offload_device)
     patcher_class = whole_model_patcher(model_patcher.ModelPatcher)
-    return patcher_class(PatchableModule(module, name), load_device, offload_device)
+    return patcher_class(_holder_class(type(module).__name__)(module, name), load_device, offload_device)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """The benchmarks keep working: benchmarks/amused_speed.py's whole comparison on tiny configs, through the real
 code, and benchmarks/meissonic_speed.py on a tiny config (our side only: its reference needs diffusers 0.32,
-which the test environment does not have)."""
+which the test environment does not have); benchmarks/compile_speed.py on the embedded model (slow)."""
 
 import copy
 import importlib.util
@@ -96,6 +96,28 @@ def test_meissonic_benchmark_compares_two_sides_with_a_stand_in(meissonic_bench,
     row = meissonic_bench.benchmark(TINY_MEISSONIC, "fp32", size=64, steps=2, device="cpu", work=tmp_path,
                                     reference=SecondCopyOfOurs, memory=False)
     assert len(row["all_seconds"]["ours"]) == len(row["all_seconds"]["reference"]) == 2
-    assert row["logits_max_abs_diff"] == 0 and row["next_ids_equal"] is True and row["ratio"] > 0
+    # Two runs of one model are not always bitwise equal on every CPU (an AMD EPYC gave 1.5e-6: its kernels
+    # reduce in another order from call to call); the bookkeeping is what is tested here.
+    assert row["logits_max_abs_diff"] <= 1e-5 and row["next_ids_equal"] is True and row["ratio"] > 0
     line = meissonic_bench.table([row]).splitlines()[-1]
-    assert "| 0.0e+00 (largest" in line and "| yes |" in line and "not measured" in line
+    assert "e-0" in line and " (largest" in line and "| yes |" in line and "not measured" in line
+
+
+@pytest.mark.slow
+def test_compile_benchmark_compares_eager_and_compiled(monkeypatch, capsys):
+    """benchmarks/compile_speed.py on the embedded model, with dynamo's "eager" backend (tracing without
+    inductor's compilation, which takes minutes on a CPU): every measurement is there and the ids agree.
+    About 30 s on the 2-core CPU, most of it dynamo's tracing, hence slow (torch.compile's other tests are too)."""
+    bench = load_benchmark(monkeypatch, "compile_speed")
+    before = torch.get_num_threads()
+    try:
+        (row,) = bench.main(["--models", "embedded", "--backend", "eager", "--steps", "1", "--repeats", "1",
+                             "--threads", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert row["ids_equal"] is True and row["logits_max_abs_diff"] == 0.0
+    assert row["model"] == "embedded" and row["batch"] == 1 and row["generation_steps"] == 24
+    assert row["compile_seconds"] >= 0 and all(row["step_seconds"][mode] > 0 for mode in ("eager", "compiled"))
+    out = capsys.readouterr().out
+    assert "| embedded | 64 px | 1 | float32 |" in out and bench.GPU_COMMAND in out
+    assert "--device cuda --dtype bf16" in bench.GPU_COMMAND

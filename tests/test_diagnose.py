@@ -5,7 +5,7 @@ import json
 import torch
 
 from muse_core import cli, load_pipeline
-from muse_core.data.shapes import Scene, Shape, eval_scenes
+from muse_core.data.shapes import Scene, Shape, aligned_twin, eval_scenes
 from muse_core.eval.diagnose import boundary_tokens, diagnose
 from muse_core.eval.run import rendered
 from muse_core.pipeline import DEFAULT_MODEL_DIR
@@ -24,6 +24,13 @@ def test_boundary_tokens_are_the_patches_an_edge_crosses():
     expected[4:9, 4:9] = True
     expected[5:8, 5:8] = False  # tokens 5..7 lie wholly inside pixels 18..33
     assert torch.equal(boundary[1], expected)
+
+
+def test_aligned_twins_keep_the_caption_on_the_grid():
+    for scene in [s for s in eval_scenes(40) if s.category == "single"]:
+        twin = aligned_twin(scene)
+        assert twin.caption == scene.caption and twin == aligned_twin(scene)  # seeded
+        assert all(float(edge * 16).is_integer() for edge in twin.shapes[0].box())
 
 
 def test_diagnose_the_embedded_model():
@@ -45,6 +52,8 @@ def test_eval_diagnose_command(tmp_path, capsys):
     code = cli.main(["eval", "--diagnose", "--limit", "1", "--quiet", "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "Boundary diagnosis: 1 held-out scenes" in captured.out
+    assert "free shapes. Boundary diagnosis: 1 held-out scenes" in captured.out
+    assert "aligned shapes. Boundary diagnosis: 1 held-out scenes" in captured.out
     values = json.loads(out.read_text())
-    assert values["scenes"] == 1 and 0 <= values["boundary_accuracy"] <= 1
+    assert values["free"]["scenes"] == values["aligned"]["scenes"] == 1
+    assert 0 <= values["aligned"]["boundary_accuracy"] <= 1

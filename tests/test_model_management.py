@@ -73,6 +73,9 @@ def test_a_second_run_loads_and_moves_no_model_again(comfy, mappings):
     assert not torch.equal(second["3"]["result"][1], first["3"]["result"][1])
     assert len(comfy.events) == 3, f"the second run loaded or unloaded models: {comfy.events[3:]}"
     assert {patcher.model.name for patcher in comfy.current_loaded_models} == {TEXT_ENCODER, TRANSFORMER, VQ}
+    # ComfyUI logs "Requested to load <class of patcher.model>": the model's own class, not the holder's
+    assert {type(patcher.model).__name__ for patcher in comfy.current_loaded_models} == {
+        type(patcher.model.inner).__name__ for patcher in comfy.current_loaded_models} >= {"MaskedTokenUViT", "VQTokenizer"}
     assert all(patcher.loaded_size() == patcher.model_size() for patcher in comfy.current_loaded_models)
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import ImageOps
 from safetensors.torch import load_file, save_file
 
+from muse_core.data.shapes import PALETTE
 from muse_core.loading import CheckpointError
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
@@ -121,8 +122,8 @@ def core(tmp_path):
 def test_workflows_cover_the_issue():
     names = {path.stem for path in WORKFLOWS}
     assert names == {"muse_text_to_image", "muse_super_res_cascade", "muse_inpaint_upscale", "muse_outpaint",
-                     "muse_mask_free_edit", "muse_best_of_n_rerank", "muse_img2img", "meissonic_text_to_image",
-                     "meissonic_inpaint"}
+                     "muse_mask_free_edit", "muse_best_of_n_rerank", "muse_img2img", "muse_lora",
+                     "meissonic_text_to_image", "meissonic_inpaint"}
 
 
 def test_every_workflow_has_a_template_thumbnail():
@@ -157,6 +158,21 @@ def test_workflow_runs_headless(path, nodes, core, monkeypatch, tmp_path):
 
 def api_workflow(name: str) -> dict:
     return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+
+
+def test_lora_workflow_paints_the_example_loras_navy_backgrounds(nodes, core):
+    """The example LoRA (tools/make_example_lora.py) learnt navy backgrounds; the workflow's prompt names none:
+    every image of the workflow has navy corners, and none has them at strength 0 (the base model's choice)."""
+    navy = torch.tensor(PALETTE["navy"]) / 255
+    prompt = api_workflow("muse_lora")
+    del prompt["5"]  # Save Image
+    cache, mappings, share = {}, {**core.mappings, **nodes}, {}
+    for strength in (1.0, 0.0):
+        prompt["2"]["inputs"]["strength"] = strength
+        images = run_api(prompt, mappings, cache)["4"]["result"][1]  # [B, H, W, 3]
+        corners = torch.cat([images[:, :6, :6].flatten(1, 2), images[:, -6:, -6:].flatten(1, 2)], 1).mean(1)
+        share[strength] = ((corners - navy).norm(dim=1) < 0.15).float().mean().item()
+    assert share == {1.0: 1.0, 0.0: 0.0}, share
 
 
 @pytest.mark.parametrize("workflow, node, name, value", [

@@ -122,7 +122,7 @@ WORKFLOWS = {
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "sampler.conditioning"),
                   ("vq_encode.tokens", "sampler.tokens"), ("sampler.images", "save.images")],
     },
-    "muse_lora": {  # the example LoRA: navy backgrounds where the prompt names none (tools/make_example_lora.py)
+    "muse_lora": {  # the example LoRA: a navy-background style (tools/make_example_lora.py)
         "nodes": [LOADER,
                   ("lora", "MuseLoraLoader", {"lora_name": "example/muse_example_lora.safetensors", "strength": 1.0}),
                   encode("two red circles"),

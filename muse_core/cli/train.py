@@ -44,7 +44,8 @@ def add_eval(subparsers) -> None:
                         metavar="N", help="images sampled at once (default: 16)")
     parser.add_argument("--diagnose", action="store_true",
                         help="instead of the rows: the base model's boundary-token accuracy and boundary infill on "
-                             "the single-object prompts (quick gates for a training run; docs/training.md)")
+                             "the single-object prompts, drawn freely and on the token grid (quick gates for a "
+                             "training run; docs/evaluation.md)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(parser)
@@ -71,17 +72,21 @@ def run_eval(args) -> None:
 
 
 def run_diagnosis(pipe, args) -> None:
-    from ..data.shapes import eval_scenes  # noqa: PLC0415  (see add_eval)
+    from ..data.shapes import aligned_twin, eval_scenes  # noqa: PLC0415  (see add_eval)
     from ..eval.diagnose import diagnose  # noqa: PLC0415
     from ..eval.run import rendered, select  # noqa: PLC0415
 
     scenes = [scene for scene in select(eval_scenes(), args.limit) if scene.category == "single"]
-    diagnosis = diagnose(pipe, scenes, rendered, seed=args.seed, batch_size=args.chunk_size,
-                         guidance_scale=args.guidance)
-    print(diagnosis.format())
+    # the held-out scenes as drawn, and with the same captions on the token grid (models trained on aligned shapes)
+    geometries = {"free": scenes, "aligned": [aligned_twin(scene) for scene in scenes]}
+    results = {}
+    for geometry, chosen in geometries.items():
+        results[geometry] = diagnose(pipe, chosen, rendered, seed=args.seed, batch_size=args.chunk_size,
+                                     guidance_scale=args.guidance)
+        print(f"{geometry} shapes. {results[geometry].format()}\n")
     if args.json is not None:
         with atomic_output(args.json, overwrite=True) as temporary:
-            temporary.write_text(json.dumps(dataclasses.asdict(diagnosis), indent=2))
+            temporary.write_text(json.dumps({k: dataclasses.asdict(v) for k, v in results.items()}, indent=2))
         print(f"wrote {args.json}")
 
 

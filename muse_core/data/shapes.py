@@ -352,6 +352,17 @@ def _eval_scene_dicts() -> tuple[dict, ...]:
     return tuple(scenes)
 
 
+def aligned_twin(scene: Scene, seed: int = 0, attempts: int = 1_000_000) -> Scene:
+    """A scene with ``scene``'s caption whose shapes lie on the token grid: the held-out prompts as a model
+    trained on aligned shapes draws them (``muse eval --diagnose``). Seeded rejection sampling."""
+    rng = random.Random(f"{seed}:{scene.caption}")
+    for _ in range(attempts):
+        twin = sample_scene(rng, scene.category, aligned=True)
+        if twin.caption == scene.caption:
+            return twin
+    raise RuntimeError(f"no aligned scene found for {scene.caption!r} in {attempts} draws.")
+
+
 @functools.cache
 def held_out_captions() -> frozenset[str]:
     return frozenset(values["caption"] for values in _eval_scene_dicts())
