@@ -36,7 +36,7 @@ def test_aligned_twins_keep_the_caption_on_the_grid():
 def test_diagnose_the_embedded_model():
     pipe = load_pipeline(DEFAULT_MODEL_DIR, dtype=torch.float32)
     scenes = [scene for scene in eval_scenes(16) if scene.category == "single"]
-    diagnosis = diagnose(pipe, scenes, rendered, batch_size=2)
+    diagnosis = diagnose(pipe, scenes, batch_size=2)
     assert diagnosis.scenes == 4
     truth = rendered(scenes, pipe.native_size)
     assert diagnosis.boundary_share == boundary_tokens(truth, 4).float().mean().item()

@@ -74,14 +74,14 @@ def run_eval(args) -> None:
 def run_diagnosis(pipe, args) -> None:
     from ..data.shapes import aligned_twin, eval_scenes  # noqa: PLC0415  (see add_eval)
     from ..eval.diagnose import diagnose  # noqa: PLC0415
-    from ..eval.run import rendered, select  # noqa: PLC0415
+    from ..eval.run import select  # noqa: PLC0415
 
     scenes = [scene for scene in select(eval_scenes(), args.limit) if scene.category == "single"]
     # the held-out scenes as drawn, and with the same captions on the token grid (models trained on aligned shapes)
     geometries = {"free": scenes, "aligned": [aligned_twin(scene) for scene in scenes]}
     results = {}
     for geometry, chosen in geometries.items():
-        results[geometry] = diagnose(pipe, chosen, rendered, seed=args.seed, batch_size=args.chunk_size,
+        results[geometry] = diagnose(pipe, chosen, seed=args.seed, batch_size=args.chunk_size,
                                      guidance_scale=args.guidance)
         print(f"{geometry} shapes. {results[geometry].format()}\n")
     if args.json is not None:

@@ -27,6 +27,7 @@ from ..sampling.generate import encode_prompts, micro_conditions
 from ..sampling.sampler import GuidedModel, decode
 from ..sampling.schedules import timestep_for_fraction
 from .checker import check
+from .run import rendered
 
 DIAGNOSIS_MASK_RATE = 0.5  # share of tokens masked for boundary accuracy
 
@@ -60,12 +61,10 @@ def boundary_tokens(images: torch.Tensor, factor: int) -> torch.Tensor:
     return (patches != patches[:, :, :, :1]).any(dim=-1).any(dim=-1)
 
 
-def diagnose(pipe, scenes: list[Scene], rendered, seed: int = 0, batch_size: int = 16,
+def diagnose(pipe, scenes: list[Scene], seed: int = 0, batch_size: int = 16,
              guidance_scale: float | None = None) -> Diagnosis:
     """Boundary accuracy and boundary infill of ``pipe``'s base model on ``scenes`` (see the module docstring),
-    with the model's sampling settings (``guidance_scale``: another guidance).
-
-    ``rendered(scenes, size)`` gives the ground-truth renders [B, 3, size, size] in [0, 1]."""
+    with the model's sampling settings (``guidance_scale``: another guidance)."""
     if not scenes:
         raise ValueError("diagnose needs at least one scene.")
     options = pipe.sampling_options(seed=seed, guidance_scale=guidance_scale)
@@ -74,6 +73,7 @@ def diagnose(pipe, scenes: list[Scene], rendered, seed: int = 0, batch_size: int
     keys = ("tokens", "boundaries", "boundary", "boundary_right", "masked", "masked_right", "infill", "reconstruction")
     totals = dict.fromkeys(keys, 0)
     generator = torch.Generator().manual_seed(seed)
+    timestep = timestep_for_fraction(DIAGNOSIS_MASK_RATE, options.steps, options.mask_schedule)
     for first in range(0, len(scenes), batch_size):
         batch = scenes[first:first + batch_size]
         images = rendered(batch, size)
@@ -86,7 +86,6 @@ def diagnose(pipe, scenes: list[Scene], rendered, seed: int = 0, batch_size: int
         guided = GuidedModel(model, cond, uncond, micro_conditions(size, size, len(batch), options))
 
         masked = torch.rand(ids.shape, generator=generator).to(model.device) < DIAGNOSIS_MASK_RATE
-        timestep = timestep_for_fraction(DIAGNOSIS_MASK_RATE, options.steps, options.mask_schedule)
         logits = guided(torch.where(masked, model.mask_token_id, ids), options.guidance_scale, timestep)
         right = logits.argmax(dim=1) == ids
         totals["masked"] += int(masked.sum())
@@ -97,6 +96,9 @@ def diagnose(pipe, scenes: list[Scene], rendered, seed: int = 0, batch_size: int
         ratio = boundary.flatten(1).float().mean(dim=1, keepdim=True)
         infilled = decode(guided, torch.where(boundary, model.mask_token_id, ids), options, model.mask_token_id,
                           starting_mask_ratio=ratio)
+        # the sampler re-masks at least one token per step, a given one too when an image has no boundary
+        # (aligned squares): the flat tokens stay the given ones
+        infilled = torch.where(boundary, infilled, ids)
         with torch.no_grad():
             decoded = vq.decode(infilled.to(vq.device)).cpu()
             reconstructed = vq.decode(ids.to(vq.device)).cpu()
