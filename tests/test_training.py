@@ -15,7 +15,13 @@ from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
 from muse_core.training.data import TokenDataset, collate
 from muse_core.training.loop import Distributed, TrainConfig, batch_indices, learning_rate, train
-from muse_core.training.muse import MaskedTokenObjective, drop_prompts, random_token_mask, sample_mask_rates
+from muse_core.training.muse import (
+    MaskedTokenObjective,
+    balanced_code_weights,
+    drop_prompts,
+    random_token_mask,
+    sample_mask_rates,
+)
 from muse_core.training.text_encoder import new_t5_encoder
 from muse_core.training.tokenizer import build_word_tokenizer
 
@@ -96,6 +102,32 @@ def test_base_objective_learns_caption_dependent_tokens(tmp_path):
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     # the text encoder is trained too
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text_encoder.parameters())
+
+
+def test_balanced_code_weights_favour_rare_codes_and_keep_the_mean():
+    ids = torch.tensor([0] * 90 + [1] * 9 + [2])  # code 3 never occurs
+    weights = balanced_code_weights(ids, 4, power=0.5)
+    assert weights[2] > weights[1] > weights[0]
+    torch.testing.assert_close(weights[ids].mean(), torch.tensor(1.0))  # the loss keeps its scale
+    assert torch.equal(balanced_code_weights(ids, 4, power=0.0), torch.ones(4))
+
+
+def test_code_weights_decide_which_targets_teach(tmp_path):
+    """Weight 0 on every code but one: only the tokens of that code give gradient."""
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    weights = torch.zeros(TINY.codebook_size)
+    weights[5] = 1.0
+    objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=False,
+                                     code_weights=weights)
+    batch = collate([token_data(4)[i] for i in range(4)])
+    for target_code, expect_gradient in ((6, False), (5, True)):
+        model.zero_grad(set_to_none=True)
+        batch["ids"] = torch.full_like(batch["ids"], target_code)
+        loss, _ = objective(batch)
+        loss.backward()
+        gradient = model.mlm_layer.conv2.weight.grad
+        assert (gradient is not None and gradient.abs().sum() > 0) == expect_gradient
 
 
 def test_text_encoder_learning_rate_is_scaled(tmp_path):

@@ -206,3 +206,16 @@ def test_position_embedding_type_is_checked_and_saved(tmp_path):
         UViTConfig(**{**TINY_UVIT, "position_embedding_type": "learned"})
     model = randomize_(MaskedTokenUViT(UViTConfig(**{**TINY_UVIT, "position_embedding_type": "sincos"})))
     assert load_model(MaskedTokenUViT, save_model(model, tmp_path / "pos.safetensors")).config == model.config
+
+
+def test_grid_res_blocks_are_saved_and_read_off_the_tensors(tmp_path):
+    """Our full-grid ConvNeXt blocks (not in aMUSEd): none by default, so diffusers' key names stay exact;
+    when present, a bare state dict says how many there are and loads to the same logits."""
+    assert not any("grid_" in key for key in MaskedTokenUViT(UViTConfig(**TINY_UVIT)).state_dict())
+    cfg = {**AMUSED_LIKE_UVIT, "downsample": True, "upsample": True, "grid_res_blocks": 2}
+    model = randomize_(MaskedTokenUViT(UViTConfig(**cfg))).eval()
+    assert load_model(MaskedTokenUViT, save_model(model, tmp_path / "grid.safetensors")).config == model.config
+    save_file(model.state_dict(), str(tmp_path / "bare.safetensors"))
+    bare = load_model(MaskedTokenUViT, tmp_path / "bare.safetensors")
+    assert bare.config.grid_res_blocks == 2
+    torch.testing.assert_close(logits(bare, cfg), logits(model, cfg), rtol=0, atol=1e-5)  # file alignment: see above

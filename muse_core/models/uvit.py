@@ -66,6 +66,10 @@ class UViTConfig(ModelConfig):
     # Not in aMUSEd (None): "sincos" adds fixed 2-D positions to the token grid and to the transformer's input,
     # which a super-res model needs to find the low-res token under each high-res one.
     position_embedding_type: str | None = None
+    # Not in aMUSEd (0): ConvNeXt blocks at the full token grid, before the downsampling and after the
+    # upsampling. Without them only the embedding and the 2x2 transposed convolution see the full grid, so
+    # 2x2 neighbouring tokens are predicted from one downsampled vector (docs/evaluation.md, "--diagnose").
+    grid_res_blocks: int = 0
 
     def __post_init__(self):
         if self.position_embedding_type not in (None, "sincos"):
@@ -147,8 +151,6 @@ class CrossAttentionBlock(nn.Module):
         return x + self.attn2(self.norm2(x), context_mask=text.mask, key_value=text.keys_values[self.attn2])
 
 
-
-
 class UViTBlock(nn.Module):
     """num_res_blocks x (ConvNeXt, cross-attention) at token resolution, with optional down/upsampling."""
 
@@ -201,12 +203,6 @@ class TransformerLayer(nn.Module):
         return x + self.ff(self.norm3(x, text.cond))
 
 
-
-
-
-
-
-
 class MaskedTokenUViT(MuseModel):
     """aMUSEd's base transformer (state-dict compatible with diffusers ``UVit2DModel``)."""
 
@@ -221,6 +217,7 @@ class MaskedTokenUViT(MuseModel):
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.in_channels, cfg.block_out_channels, cfg.layer_norm_eps,
                                     cfg.ln_elementwise_affine, cfg.use_bias)
         self.cond_embed = CondEmbedding(cfg.micro_cond_embed_dim + cfg.cond_embed_dim, cfg.hidden_size, cfg.use_bias)
+        self.grid_in_blocks = self._grid_blocks(cfg)
         self.down_block = UViTBlock(cfg, downsample=cfg.downsample, upsample=False)
         self.project_to_hidden_norm = RMSNorm(cfg.block_out_channels, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
         self.project_to_hidden = nn.Linear(cfg.block_out_channels, cfg.hidden_size, bias=cfg.use_bias)
@@ -228,8 +225,17 @@ class MaskedTokenUViT(MuseModel):
         self.project_from_hidden_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine)
         self.project_from_hidden = nn.Linear(cfg.hidden_size, cfg.block_out_channels, bias=cfg.use_bias)
         self.up_block = UViTBlock(cfg, downsample=False, upsample=cfg.upsample)
+        self.grid_out_blocks = self._grid_blocks(cfg)
         self.mlm_layer = MlmHead(cfg.block_out_channels, cfg.in_channels, cfg.codebook_size, cfg.layer_norm_eps,
                                  cfg.ln_elementwise_affine, cfg.use_bias)
+
+    @staticmethod
+    def _grid_blocks(cfg: UViTConfig) -> nn.ModuleList:
+        return nn.ModuleList(
+            ConvNextBlock(cfg.block_out_channels, cfg.hidden_size, cfg.layer_norm_eps, cfg.ln_elementwise_affine,
+                          cfg.use_bias, cfg.hidden_dropout)
+            for _ in range(cfg.grid_res_blocks)
+        )
 
     @property
     def mask_token_id(self) -> int:
@@ -283,6 +289,8 @@ class MaskedTokenUViT(MuseModel):
         if self.config.position_embedding_type:
             c, h, w = x.shape[1:]
             x = x + rearrange(grid_positions(h, w, c, x.device).to(x.dtype), "(h w) c -> c h w", h=h)
+        for block in self.grid_in_blocks:
+            x = block(x, text.cond)
         x = self.down_block(x, text)
         h, w = x.shape[-2:]
         x = self.project_to_hidden(self.project_to_hidden_norm(rearrange(x, "b c h w -> b (h w) c")))  # [B, h*w, hidden]
@@ -292,6 +300,8 @@ class MaskedTokenUViT(MuseModel):
             x = layer(x, text)
         x = self.project_from_hidden(self.project_from_hidden_norm(x))
         x = self.up_block(rearrange(x, "b (h w) c -> b c h w", h=h, w=w), text)
+        for block in self.grid_out_blocks:
+            x = block(x, text.cond)
         return self.mlm_layer(x)
 
     @classmethod
@@ -327,4 +337,5 @@ class MaskedTokenUViT(MuseModel):
             num_attention_heads=max(1, hidden // HEAD_DIM),
             intermediate_size=shapes["transformer_layers.0.ff.net.2.weight"][1],
             ln_elementwise_affine="encoder_proj_layer_norm.weight" in shapes,
+            grid_res_blocks=count_children(shapes, "grid_in_blocks"),
         )

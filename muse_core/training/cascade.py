@@ -33,7 +33,7 @@ from ..pipeline import SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
 from .data import CaptionFolder, RandomCrops, TokenDataset, collate, encode_images
 from .loop import TrainConfig, setup_distributed, train
-from .muse import MaskedTokenObjective
+from .muse import MaskedTokenObjective, balanced_code_weights
 from .text_encoder import new_t5_encoder
 from .tokenizer import build_word_tokenizer
 from .vq import VQObjective, small_vq_config
@@ -70,6 +70,8 @@ class CascadePreset:
     text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
     clip_speck_negatives: bool = False  # the reranker's ClipObjective speck_negatives
     aligned_shapes: bool = False  # the generated shapes dataset puts shapes on the token grid (data.shapes)
+    base_grid_res_blocks: int = 0  # the base U-ViT's grid_res_blocks (ConvNeXt blocks at the full token grid)
+    code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
 
     @property
     def sr_size(self) -> int:
@@ -103,13 +105,14 @@ PRESETS = {
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
-        text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True,
+        text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True, base_grid_res_blocks=1,
+        code_weight_power=0.5,
     ),
 }
 
 
 def transformer_config(preset: CascadePreset, grid: int, num_layers: int,
-                       position_embedding_type: str | None = None) -> UViTConfig:
+                       position_embedding_type: str | None = None, grid_res_blocks: int = 0) -> UViTConfig:
     """A small aMUSEd-style U-ViT; the conv stages halve the grid so attention runs on (grid/2)^2 tokens."""
     channels = preset.width // 2
     return UViTConfig(
@@ -118,7 +121,7 @@ def transformer_config(preset: CascadePreset, grid: int, num_layers: int,
         codebook_size=preset.codebook_size, in_channels=channels, block_out_channels=channels, num_res_blocks=1,
         downsample=True, upsample=True, block_num_heads=max(1, channels // 64), num_hidden_layers=num_layers,
         num_attention_heads=max(1, preset.width // 64), intermediate_size=3 * preset.width, sample_size=grid,
-        position_embedding_type=position_embedding_type,
+        position_embedding_type=position_embedding_type, grid_res_blocks=grid_res_blocks,
     )
 
 
@@ -165,9 +168,11 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         text_encoder = new_t5_encoder(tokenizer, preset.text_width, preset.text_layers, max(1, preset.text_width // 64),
                                       2 * preset.text_width, position_bias_std=preset.text_position_bias_std)
         ids = _token_cache(work_dir, out_dir, data_dir, preset, world, "vqvae", preset.base_size, progress)
-        model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers, preset.base_positions))
+        model = MaskedTokenUViT(transformer_config(preset, ids.shape[-1], preset.layers, preset.base_positions,
+                                                   preset.base_grid_res_blocks))
+        weights = balanced_code_weights(ids, preset.codebook_size, preset.code_weight_power)
         objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True,
-                                         text_encoder_lr_scale=preset.text_lr_scale)
+                                         text_encoder_lr_scale=preset.text_lr_scale, code_weights=weights)
         _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
         if world.is_main and preset.sampling:
             (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")
