@@ -15,7 +15,13 @@ from muse_core.models.vq import VQTokenizer
 from muse_core.text.loading import load_tokenizer
 from muse_core.text.t5 import T5TextEncoder
 from muse_core.training.tokenizer import build_word_tokenizer, save_tokenizer
-from muse_core.training.vq import VQObjective, kmeans_plus_plus_seeds, patch_consistency_loss, small_vq_config
+from muse_core.training.vq import (
+    VQObjective,
+    boundary_patches,
+    kmeans_plus_plus_seeds,
+    patch_consistency_loss,
+    small_vq_config,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -246,6 +252,26 @@ def test_patch_consistency_gives_identical_patches_one_code():
         ids = objective.vq.encode(images)
         codes_per_background[weight] = sum(len(i[b].unique()) for i, b in zip(ids, background)) / len(images)
     assert codes_per_background[1.0] < codes_per_background[0.0]
+
+
+def test_boundary_patches_are_those_an_edge_crosses():
+    images = torch.zeros(1, 3, 8, 8)
+    images[0, 0, 2:, 4:] = 1.0  # a red block from row 2 on: its top edge crosses the top-right patch only
+    assert boundary_patches(images, 4).tolist() == [[[False, True], [False, False]]]
+
+
+def test_boundary_invariance_makes_boundary_latents_colour_blind():
+    images = square_images(16)
+    assert boundary_patches(images, 4).any()
+    distances = {}
+    for weight in (0.0, 1.0):
+        objective = VQObjective(tiny_vq(), boundary_invariance=weight)
+        train_steps(objective, {"images": images}, 60)
+        torch.manual_seed(1)  # the same recolouring for both
+        with torch.no_grad():
+            z = objective.vq.quant_conv(objective.vq.encoder(images))
+            distances[weight] = objective._boundary_invariance_loss(images, z).item()
+    assert distances[1.0] < 0.5 * distances[0.0]
 
 
 def _restart_on_two_ranks(rank: int, init_file: str, results: dict) -> None:

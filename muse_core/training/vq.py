@@ -5,7 +5,8 @@ The objective quantises exactly as ``VQTokenizer.encode`` does (euclidean neares
 ``encode``/``decode`` are the trained ones. Images are [0,1] in and out, as ``encode``/``decode`` expect.
 
 Loss = L1 + MSE reconstruction + ||sg(z) - e||^2 (moves the codes) + commitment * ||z - sg(e)||^2
-(keeps the encoder near its codes) + patch_consistency * (spread of z within identical patches, off by default),
+(keeps the encoder near its codes) + patch_consistency * (spread of z within identical patches, off by default)
++ boundary_invariance * (how far boundary latents move when the image's colours change, off by default),
 all in fp32 whatever autocast computes the convolutions in.
 
 Patch consistency: the encoder sees far beyond its own patch (3x3 convolutions, GroupNorm over the
@@ -16,6 +17,14 @@ keeps, says little about the picture. Pulling the latents of patches with the sa
 1/64) towards their batch mean gives identical patches one code (there: 3-12 codes, 0.63 nats, and a
 lower reconstruction loss). The base transformer's loss then fell from 2.40 to 1.75. Off by default
 (the reference recipe); the shipped preset turns it on for its 64 px VQ.
+
+Boundary invariance: a patch an edge crosses holds two colours and a geometry, and the plain objective
+gives every (colour pair, geometry) its own code, so the transformer must learn each combination apart
+(3.3k distinct boundary patches in 2000 aligned training images; it got 5% of the boundary codes right
+after 2000 steps). The term encodes a recoloured copy of the batch too (channels permuted and inverted:
+a per-channel linear map, exact on anti-aliased edges as well) and pulls the boundary latents of the two
+encodings together, so a boundary code says where the edge runs and the decoder takes the colours from
+the flat codes around it.
 
 Codes that the encoder stops choosing get no gradient and never come back. Their usage is tracked
 (an EMA of how often each code is picked); every ``restart_every`` steps the codes used less than
@@ -82,6 +91,7 @@ class VQObjective(nn.Module):
         vq: VQTokenizer,
         commitment: float = 0.25,
         patch_consistency: float = 0.0,
+        boundary_invariance: float = 0.0,
         usage_decay: float = 0.99,
         restart_every: int = 100,
         dead_usage: float = 0.03,
@@ -90,6 +100,7 @@ class VQObjective(nn.Module):
         self.vq = vq
         self.commitment = commitment
         self.patch_consistency = patch_consistency
+        self.boundary_invariance = boundary_invariance
         self.usage_decay = usage_decay
         self.restart_every = restart_every
         self.dead_usage = dead_usage
@@ -111,7 +122,9 @@ class VQObjective(nn.Module):
         l1 = F.l1_loss(reconstruction, images.float())
         mse = F.mse_loss(reconstruction, images.float())
         consistency = patch_consistency_loss(images, z) if self.patch_consistency else z.new_zeros(())
-        loss = l1 + mse + codebook_loss + self.commitment * commitment_loss + self.patch_consistency * consistency
+        invariance = self._boundary_invariance_loss(images, z) if self.boundary_invariance else z.new_zeros(())
+        loss = (l1 + mse + codebook_loss + self.commitment * commitment_loss + self.patch_consistency * consistency
+                + self.boundary_invariance * invariance)
 
         counts = torch.bincount(ids.flatten(), minlength=self.vq.codebook_size).float()
         if self.training:
@@ -122,6 +135,7 @@ class VQObjective(nn.Module):
             "rec": (l1 + mse).item(),
             "commit": commitment_loss.item(),
             "consistency": consistency.item(),
+            "invariance": invariance.item(),
             "perplexity": perplexity.item(),
             "codes_used": (self.code_usage > self._dead_below).float().mean().item(),
         }
@@ -142,6 +156,21 @@ class VQObjective(nn.Module):
         # contiguous NCHW as decode feeds the decoder: a channels-last view makes CPU GroupNorm backward ~10x slower
         z_q = rearrange(z_q, "(b h w) d -> b d h w", b=batch, h=height, w=width).contiguous()
         return z_q, ids.view(batch, height, width), codebook_loss, commitment_loss
+
+    def _boundary_invariance_loss(self, images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Squared distance between the boundary latents of ``images`` and of a recoloured copy, as a share of
+        the latents' whole spread (so that shrinking every latent cannot lower it)."""
+        permutation = torch.randperm(3, device=images.device)
+        inverted = torch.rand(1, 3, 1, 1, device=images.device) < 0.5
+        recoloured = images[:, permutation]
+        recoloured = torch.where(inverted, 1 - recoloured, recoloured)
+        z_recoloured = self.vq.quant_conv(self.vq.encoder(recoloured)).float()
+        boundary = rearrange(boundary_patches(images, images.shape[-1] // z.shape[-1]), "b h w -> (b h w)")
+        z, z_recoloured = (rearrange(t, "b d h w -> (b h w) d") for t in (z, z_recoloured))
+        spread = (z - z.mean(dim=0)).square().sum(dim=1).mean().clamp_min(1e-12)
+        if not boundary.any():
+            return z.new_zeros(())
+        return (z[boundary] - z_recoloured[boundary]).square().sum(dim=1).mean() / spread
 
     @property
     def _dead_below(self) -> float:
@@ -176,13 +205,24 @@ class VQObjective(nn.Module):
         return save_model(self.vq, Path(folder) / f"{name}.safetensors", dtype)
 
 
+def quantised_patches(images: torch.Tensor, factor: int, levels: int = 64) -> torch.Tensor:
+    """[B,C,H,W] in [0, 1] -> int16 [B, H/f, W/f, C, f*f]: each patch's pixels rounded to ``levels`` steps."""
+    patches = rearrange(images.detach().float(), "b c (h p) (w q) -> b h w c (p q)", p=factor, q=factor)
+    return torch.round(patches * (levels - 1)).to(torch.int16)
+
+
+def boundary_patches(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """bool [B, H/f, W/f]: the patch holds more than one colour (an edge crosses it)."""
+    patches = quantised_patches(images, factor)
+    return (patches != patches[..., :1]).flatten(3).any(dim=-1)
+
+
 def patch_consistency_loss(images: torch.Tensor, z: torch.Tensor, levels: int = 64) -> torch.Tensor:
     """Spread of the latents (fp32 [B,D,h,w]) within groups of identical patches, as a share of their
     whole spread: patches are identical when their pixels ([B,C,H,W] in [0, 1], rounded to ``levels``
     steps) are. A share, so that shrinking every latent cannot lower it."""
-    factor = images.shape[-1] // z.shape[-1]
-    patches = rearrange(images.detach().float(), "b c (h p) (w q) -> (b h w) (c p q)", p=factor, q=factor)
-    _, group = torch.unique(torch.round(patches * (levels - 1)).to(torch.int16), dim=0, return_inverse=True)
+    patches = quantised_patches(images, images.shape[-1] // z.shape[-1], levels).flatten(0, 2).flatten(1)
+    _, group = torch.unique(patches, dim=0, return_inverse=True)
     z = rearrange(z, "b d h w -> (b h w) d")
     sums = torch.zeros(int(group.max()) + 1, z.shape[1], device=z.device).index_add_(0, group, z)
     group_means = sums / torch.bincount(group).unsqueeze(1).float()
