@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -163,20 +161,15 @@ def count_flops(ours: Ours, batch: int, size: int) -> float:
 
 def child_peak_memory(folder: Path, implementation: str, dtype: str, batch: int, size: int, device: str) -> int:
     """Peak bytes of a fresh process that loads one implementation and generates once."""
-    command = [sys.executable, __file__, "--memory-child", implementation, str(folder), dtype, str(batch), str(size), device]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return int(output.strip().splitlines()[-1])
+    return int(machine.memory_child_output(__file__, implementation, folder, dtype, batch, size, device))
 
 
 def memory_child(implementation: str, folder: str, dtype: str, batch: str, size: str, device: str) -> None:
     run = IMPLEMENTATIONS[implementation](Path(folder), DTYPES[dtype], device)
     with torch.inference_mode():
         run(int(batch), int(size))
-    if device == "cuda":
-        print(torch.cuda.max_memory_allocated())
-    else:  # VmHWM: this process's own peak (getrusage's maxrss also counts the parent's, inherited at fork)
-        status = Path("/proc/self/status").read_text()
-        print(int(re.search(r"^VmHWM:\s*(\d+) kB", status, re.M).group(1)) * 1024)
+    machine.synchronize(device)
+    print(machine.peak_memory_bytes(device))
 
 
 def benchmark(config: str, dtype: str, batch: int, repeats: int, device: str, work: Path) -> dict:

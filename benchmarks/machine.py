@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -83,6 +85,28 @@ def count_flops(work) -> tuple[object, int]:
     with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
         result = work()
     return result, counter.get_total_flops()
+
+
+def peak_memory_bytes(device: str | torch.device) -> int:
+    """This process's peak memory: CUDA's max allocated, or on a CPU the peak resident set."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    # VmHWM: this process's own peak (getrusage's maxrss also counts the parent's, inherited at fork)
+    return int(re.search(r"^VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+
+
+def reset_peak_memory(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current resident set
+
+
+def memory_child_output(script: str, *args: object) -> str:
+    """Run ``python script --memory-child args...`` in a fresh process, so that the peak it measures is its
+    own and not that of whatever this process already loaded; the last line it printed."""
+    command = [sys.executable, script, "--memory-child", *map(str, args)]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
 
 
 def cpu_snapshot() -> tuple[float, float, float] | None:

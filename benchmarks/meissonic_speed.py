@@ -55,9 +55,7 @@ import functools
 import gc
 import json
 import math
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -234,20 +232,6 @@ def timed(run, step: int, device: str) -> tuple[float, tuple[torch.Tensor, torch
     return time.perf_counter() - start, out
 
 
-def peak_bytes(device: str) -> int:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated()
-    # VmHWM: this process's own peak (getrusage's maxrss also counts the parent's, inherited at fork)
-    return int(re.search(r"^VmHWM:\s*(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
-
-
-def reset_peak(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current resident set
-
-
 def memory_child(implementation: str, folder: str, dtype: str, size: str, device: str, reference: str, site: str,
                  threads: str) -> None:
     """In a fresh process: load one implementation from ``folder``, run one step; print its peaks as JSON."""
@@ -260,21 +244,19 @@ def memory_child(implementation: str, folder: str, dtype: str, size: str, device
         run = Ours(folder, DTYPES[dtype], device, inputs)
     else:
         run = Reference.from_pretrained(code, folder, DTYPES[dtype], device, inputs)
-    loaded = peak_bytes(device)
-    reset_peak(device)
+    loaded = machine.peak_memory_bytes(device)
+    machine.reset_peak_memory(device)
     with torch.inference_mode():
         run.step(0)
     machine.synchronize(device)
-    step = peak_bytes(device)
+    step = machine.peak_memory_bytes(device)
     print(json.dumps({"total": max(loaded, step), "step": step}))
 
 
 def child_peak_memory(implementation: str, folder: Path, dtype: str, size: int, device: str,
                       reference: Path | None, site: Path | None) -> dict[str, int]:
-    command = [sys.executable, __file__, "--memory-child", implementation, str(folder), dtype, str(size), device,
-               str(reference or ""), str(site or ""), str(torch.get_num_threads())]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return json.loads(machine.memory_child_output(__file__, implementation, folder, dtype, size, device, reference or "",
+                                                  site or "", torch.get_num_threads()))
 
 
 def benchmark(config: MeissonicConfig, dtype: str, size: int, steps: int, device: str, work: Path,

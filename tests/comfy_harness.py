@@ -13,19 +13,22 @@
   required inputs, socket types, numeric ranges, and combo values, which ComfyUI checks only when the
   choices are a list), every node before any runs; :func:`run_api` validates, then runs the nodes in
   dependency order; given a cache, it keeps outputs between prompts as ComfyUI's executor does.
-- :func:`decoding` gives the seed and decoding widgets of the sampler and editing nodes.
+- :func:`decoding` gives the seed and decoding widgets of the sampler and editing nodes; :func:`pack_module`
+  one of the pack's node modules; :func:`core_nodes` the core-node doubles over folders set up as the pack
+  sets up ComfyUI's.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 from tools.comfy_offline import ROOT, CoreNodes, ModelManagementDouble, load_pack, run_api, validate_api
 from tools.workflow_format import ui_to_api
 
-__all__ = ["ROOT", "CoreNodes", "ModelManagementDouble", "decoding", "load_pack", "load_workflow", "run_api",
-           "ui_to_api", "validate_api"]
+__all__ = ["ROOT", "CoreNodes", "ModelManagementDouble", "core_nodes", "decoding", "load_pack", "load_workflow",
+           "pack_module", "run_api", "ui_to_api", "validate_api"]
 
 
 def decoding(**changes) -> dict:
@@ -36,3 +39,15 @@ def decoding(**changes) -> dict:
 
 def load_workflow(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def pack_module(name: str):
+    """The pack's ``nodes/<name>.py`` module, as imported under ComfyUI's package name for it (load_pack)."""
+    return importlib.import_module(f"{load_pack().__name__}.nodes.{name}")
+
+
+def core_nodes(root: Path) -> CoreNodes:
+    """Core-node doubles over ``root/input`` and ``root/output``, the input folder holding the pack's example
+    inputs, as the pack installs them into ComfyUI's."""
+    pack_module("comfy_env").install_example_inputs(Path(root) / "input")
+    return CoreNodes(Path(root) / "input", Path(root) / "output")

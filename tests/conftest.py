@@ -9,8 +9,20 @@ import shutil
 import pytest
 import torch
 
+from .comfy_harness import load_pack
 from .helpers import CLIP_LENGTH, PIPE_UVIT, RERANKER_IMAGE_SIZE, TINY_UVIT, TINY_VQ, write_clip_tokenizer, write_text_encoder_layouts
 from .reference import randomize_
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The repository imported as ComfyUI imports a custom-node folder (comfy_harness.load_pack)."""
+    return load_pack()
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture

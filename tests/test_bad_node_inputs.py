@@ -12,19 +12,14 @@ import torch
 
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import decoding, load_pack
+from .comfy_harness import decoding, pack_module
 
 OUTSIDE = "inside the model folders"
 
 
 @pytest.fixture(scope="module")
-def nodes():
-    return load_pack().NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
 def model_files():
-    return __import__(f"{load_pack().__name__}.nodes.model_files", fromlist=["model_files"])
+    return pack_module("model_files")
 
 
 # ---- 8a: model names stay inside the model folders ---------------------------------------------------

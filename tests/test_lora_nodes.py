@@ -16,7 +16,7 @@ from muse_core.loading import CheckpointError
 from muse_core.loading.lora import apply_lora
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import ROOT, decoding, load_pack, run_api
+from .comfy_harness import ROOT, decoding, pack_module, run_api
 
 EXAMPLE_LORA = "example/muse_example_lora.safetensors"  # the pack's own, from example_inputs/
 
@@ -33,11 +33,6 @@ def write_lora(path, parts: dict[str, nn.Module], seed: int = 0, rank: int = 2) 
             tensors[f"{prefix}.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator)
             tensors[f"{prefix}.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.2
     save_file(tensors, str(path))
-
-
-@pytest.fixture(scope="module")
-def nodes():
-    return load_pack().NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +56,7 @@ def loras(embedded, tmp_path_factory):
 def lora_folders(monkeypatch, loras):
     """ComfyUI's folder_paths as the pack sees it inside ComfyUI, models/loras being the folder above; a test
     may add its own folder to the list."""
-    comfy_env = __import__(f"{load_pack().__name__}.nodes.comfy_env", fromlist=["comfy_env"])
+    comfy_env = pack_module("comfy_env")
     folders = {"loras": [str(loras)]}
     monkeypatch.setattr(comfy_env, "folder_paths", SimpleNamespace(get_folder_paths=lambda kind: folders[kind]))
     return folders["loras"]
@@ -97,7 +92,7 @@ def test_an_empty_loras_folder_is_one_entry_that_says_what_to_install(nodes, emb
                                                                       tmp_path):
     lora_folders.clear()
     assert nodes["MuseLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0] == [EXAMPLE_LORA]
-    lora_module = __import__(f"{load_pack().__name__}.nodes.lora", fromlist=["lora"])
+    lora_module = pack_module("lora")
     monkeypatch.setattr(lora_module, "EXAMPLE_INPUTS", tmp_path)  # a pack without its example LoRA
     (name,) = nodes["MuseLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0]
     assert "models/loras" in name

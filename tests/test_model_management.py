@@ -9,30 +9,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from .comfy_harness import ROOT, CoreNodes, ModelManagementDouble, decoding, load_pack, load_workflow, run_api
+from .comfy_harness import ROOT, ModelManagementDouble, core_nodes, decoding, load_workflow, pack_module, run_api
 from .test_lora_nodes import write_lora
 
 TEXT_ENCODER, TRANSFORMER, VQ = "text encoder of 'embedded'", "transformer of 'embedded'", "VQ of 'embedded'"
 
 
-@pytest.fixture(scope="module")
-def pack():
-    return load_pack()
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
-
-
-def pack_module(pack, name):
-    return __import__(f"{pack.__name__}.nodes.{name}", fromlist=[name])
-
-
 @pytest.fixture
 def install_comfy(pack, monkeypatch):
     """Puts a ModelManagementDouble where the pack finds comfy.model_management and comfy.model_patcher."""
-    comfy_env = pack_module(pack, "comfy_env")
+    comfy_env = pack_module("comfy_env")
 
     def install(double: ModelManagementDouble) -> ModelManagementDouble:
         monkeypatch.setattr(comfy_env, "model_management", double)
@@ -49,9 +35,7 @@ def comfy(install_comfy):
 
 @pytest.fixture
 def mappings(nodes, tmp_path):
-    comfy_env = pack_module(load_pack(), "comfy_env")
-    comfy_env.install_example_inputs(tmp_path / "input")
-    return {**CoreNodes(tmp_path / "input", tmp_path / "output").mappings, **nodes}
+    return {**core_nodes(tmp_path).mappings, **nodes}
 
 
 def workflow(name: str) -> dict:
@@ -120,7 +104,7 @@ def test_novram_still_loads_a_model_whole(nodes, install_comfy):
 def test_a_lora_copy_has_its_own_patcher(pack, nodes, comfy, monkeypatch, tmp_path):
     transformer, vq, text_encoder = nodes["MuseModelLoader"]().load("embedded", "auto", "auto", "auto")[:3]
     write_lora(tmp_path / "style.safetensors", {"transformer": transformer.model})
-    monkeypatch.setattr(pack_module(pack, "comfy_env"), "folder_paths",
+    monkeypatch.setattr(pack_module("comfy_env"), "folder_paths",
                         SimpleNamespace(get_folder_paths={"loras": [str(tmp_path)]}.__getitem__))
     patched, _ = nodes["MuseLoraLoader"]().load(transformer, "style.safetensors", 1.0)
     assert patched.patcher is not transformer.patcher and patched.patcher.model.inner is patched.model
@@ -139,7 +123,7 @@ def test_a_lora_copy_has_its_own_patcher(pack, nodes, comfy, monkeypatch, tmp_pa
 
 
 def test_outside_comfyui_a_model_moves_for_each_node_and_back(pack):
-    runtime, comfy_env = pack_module(pack, "runtime"), pack_module(pack, "comfy_env")
+    runtime, comfy_env = pack_module("runtime"), pack_module("comfy_env")
     moves = []
 
     class Layer(torch.nn.Linear):

@@ -17,19 +17,9 @@ from muse_core.data.shapes import PALETTE
 from muse_core.loading import CheckpointError
 from muse_core.pipeline import DEFAULT_MODEL_DIR
 
-from .comfy_harness import ROOT, CoreNodes, decoding, load_pack, run_api, ui_to_api, validate_api
+from .comfy_harness import ROOT, core_nodes, decoding, load_pack, pack_module, run_api, ui_to_api, validate_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-
-
-@pytest.fixture(scope="module")
-def pack():
-    return load_pack()
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +36,6 @@ def conditioning(nodes, embedded):
 def sample(nodes, embedded, conditioning, batch_size=1, strength=1.0, tokens=None, size=64, **changes):
     return nodes["MuseSampler"]().sample(*embedded[:2], conditioning, size, 64, batch_size, strength, tokens,
                                          **decoding(**changes))
-
-
-def comfy_module(pack, name):
-    return __import__(f"{pack.__name__}.nodes.{name}", fromlist=[name])
 
 
 # ---- node definitions ------------------------------------------------------------------------------
@@ -114,9 +100,7 @@ def test_every_node_has_a_help_page(nodes):
 
 @pytest.fixture
 def core(tmp_path):
-    comfy_env = __import__(f"{load_pack().__name__}.nodes.comfy_env", fromlist=["comfy_env"])
-    comfy_env.install_example_inputs(tmp_path / "input")  # what the pack does to ComfyUI's input folder
-    return CoreNodes(tmp_path / "input", tmp_path / "output")
+    return core_nodes(tmp_path)
 
 
 def test_workflows_cover_the_issue():
@@ -328,7 +312,7 @@ def test_bad_sizes_and_margins(nodes, embedded, conditioning):
 # ---- model lists, tokenizers, devices, progress ------------------------------------------------------
 
 def test_model_lists_show_files_and_component_folders(pack, monkeypatch, tmp_path):
-    model_files = comfy_module(pack, "model_files")
+    model_files = pack_module("model_files")
     shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "shapes")
     (tmp_path / "loose").mkdir()
     shutil.copy(DEFAULT_MODEL_DIR / "vqvae.safetensors", tmp_path / "loose" / "my_vq.safetensors")
@@ -345,7 +329,7 @@ def test_clip_list_says_what_to_install_when_there_is_none(pack, nodes, monkeypa
     loader = nodes["MuseCLIPTextLoader"]
     monkeypatch.setenv("MUSE_MODELS_DIR", str(tmp_path))
     names = loader.INPUT_TYPES()["required"]["model_name"][0]
-    assert names == [comfy_module(pack, "loaders").NO_CLIP_TEXT_ENCODER]
+    assert names == [pack_module("loaders").NO_CLIP_TEXT_ENCODER]
     assert "clip_l.safetensors" in names[0] and "models/text_encoders" in names[0]
     with pytest.raises(FileNotFoundError, match="no CLIP text encoder is installed. Put clip_l.safetensors .* in "
                                                 "ComfyUI/models/text_encoders.*press R"):
@@ -356,7 +340,7 @@ def test_clip_list_says_what_to_install_when_there_is_none(pack, nodes, monkeypa
 
 
 def test_bare_text_encoder_file_uses_comfyuis_tokenizer(pack, nodes, monkeypatch, tmp_path):
-    comfy_env = comfy_module(pack, "comfy_env")
+    comfy_env = pack_module("comfy_env")
     weights = load_file(DEFAULT_MODEL_DIR / "text_encoder" / "model.safetensors")
     save_file(weights, tmp_path / "t5_small.safetensors")  # like a t5xxl file: weights only, no tokenizer
     (tmp_path / "config.json").write_text((DEFAULT_MODEL_DIR / "text_encoder" / "config.json").read_text())
@@ -387,7 +371,7 @@ def progress_bars(pack, monkeypatch):
             bars.append(FakeProgressBar(total))
             return bars[-1]
 
-    monkeypatch.setattr(comfy_module(pack, "comfy_env"), "comfy_utils", Utils)
+    monkeypatch.setattr(pack_module("comfy_env"), "comfy_utils", Utils)
     return bars
 
 
@@ -412,7 +396,7 @@ def test_preview_is_shown_at_its_own_size(nodes, embedded, conditioning, progres
 
 
 def test_cancel_stops_sampling(pack, nodes, embedded, conditioning, monkeypatch):
-    comfy_env = comfy_module(pack, "comfy_env")
+    comfy_env = pack_module("comfy_env")
     calls = []
 
     class Interrupted(Exception):
@@ -436,7 +420,7 @@ def test_cancel_stops_sampling(pack, nodes, embedded, conditioning, monkeypatch)
 
 
 def test_models_return_to_rest_device_and_oom_names_the_model(pack):
-    runtime = comfy_module(pack, "runtime")
+    runtime = pack_module("runtime")
     layer = torch.nn.Linear(2, 2)
     loaded = runtime.LoadedModel(layer, "transformer 'big.safetensors'", torch.device("cpu"))
     with pytest.raises(RuntimeError, match="Out of GPU memory while running transformer 'big.safetensors'.*fp16"):

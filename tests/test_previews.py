@@ -14,7 +14,7 @@ import torch
 from muse_core import preview as muse_preview
 from muse_core.models.vq import VQConfig, VQTokenizer
 
-from .comfy_harness import decoding, load_pack
+from .comfy_harness import decoding, pack_module
 
 STEPS, BATCH = 4, 2
 FINAL_DECODE = (BATCH, 16, 16)  # the node's output images: the embedded model at 64 px has 16 x 16 tokens
@@ -26,11 +26,6 @@ class LatentPreviewMethod(enum.Enum):  # comfy.cli_args.LatentPreviewMethod
     Auto = "auto"
     Latent2RGB = "latent2rgb"
     TAESD = "taesd"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    return load_pack()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def conditioning(pack, embedded):
 def comfyui(pack, monkeypatch):
     """ComfyUI stood in for: a recorded progress bar per node run, and ``comfy.cli_args.args``, whose
     ``preview_method`` a test sets as ``--preview-method`` or, per prompt, ``latent_preview.set_preview_method`` do."""
-    comfy_env = __import__(f"{pack.__name__}.nodes.comfy_env", fromlist=["comfy_env"])
+    comfy_env = pack_module("comfy_env")
     bars = []
 
     class ProgressBar:
@@ -147,7 +142,7 @@ def test_code_colours_reproduce_flat_images(embedded, rgb):
 
 def test_colour_preview_is_enlarged_to_the_image_but_not_past_comfyuis_preview_size(pack, comfyui):
     """aMUSEd-like factor 16: a 16 x 16 grid shows at the image's 256 px, a 64 x 64 grid (1024 px) at 512 px."""
-    previews_module = __import__(f"{pack.__name__}.nodes.previews", fromlist=["previews"])
+    previews_module = pack_module("previews")
     vq = VQTokenizer(VQConfig(block_out_channels=(8,) * 5, down_block_types=("DownEncoderBlock2D",) * 5,
                               up_block_types=("UpDecoderBlock2D",) * 5, norm_num_groups=4, latent_channels=4,
                               num_vq_embeddings=16)).eval()

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .micro_conds import AESTHETIC_SCORE, micro_conditions
+
 logger = logging.getLogger("muse_core")
 
 
@@ -81,3 +83,20 @@ def count_children(shapes: Mapping[str, torch.Size], prefix: str) -> int:
     """How many numbered children ``prefix.0``, ``prefix.1``, ... the tensor names mention (for ``infer_config``)."""
     pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
     return 1 + max((int(m[1]) for name in shapes if (m := pattern.match(name))), default=-1)
+
+
+class TokenPredictor(MuseModel):
+    """A transformer that predicts VQ token ids (base, super-res, Meissonic): what the sampler asks of each.
+    The config names the two ids (``mask_token_id``, ``codebook_size``)."""
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.config.mask_token_id
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
+        """Uncropped micro-conditions ``[B, 5]`` for images of the given pixel size (``micro_conds.micro_conditions``)."""
+        return micro_conditions(height, width, batch, aesthetic)

@@ -35,9 +35,9 @@ from einops import rearrange
 from torch import nn
 
 from ..attention import attention
-from .base import ModelConfig, MuseModel, count_children
+from .base import ModelConfig, TokenPredictor, count_children
 from .layers import CondEmbedding, MlmHead, Resample, RMSNorm, TokenEmbedding, sinusoidal_embedding
-from .micro_conds import AESTHETIC_SCORE, MICRO_CONDS, micro_conditions
+from .micro_conds import MICRO_CONDS
 
 EPS = 1e-6  # every norm of the reference
 MICRO_COND_ENCODE_DIM = 256  # aMUSEd's sinusoidal width per micro-condition, hard-coded in the reference
@@ -269,7 +269,7 @@ class TimestepTextEmbedding(nn.Module):
         return self.timestep_embedder(features) + self.text_embedder(cond)  # [B, D]
 
 
-class MeissonicTransformer(MuseModel):
+class MeissonicTransformer(TokenPredictor):
     """Meissonic / Monetico base transformer (text-to-image on a VQ token grid)."""
 
     kind = "meissonic"
@@ -299,17 +299,6 @@ class MeissonicTransformer(MuseModel):
         # The reference's Simple_UVitBlock holds only the resampling: keys down_block.downsample.*, up_block.upsample.*
         self.down_block = nn.ModuleDict({"downsample": Resample(dim, EPS, True, False, up=False)} if cfg.downsample else {})
         self.up_block = nn.ModuleDict({"upsample": Resample(dim, EPS, True, False, up=True)} if cfg.upsample else {})
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
-        return micro_conditions(height, width, batch, aesthetic)
 
     def text_context(self, encoder_hidden_states: torch.Tensor, pooled_text_emb: torch.Tensor, micro_conds: torch.Tensor,
                      encoder_attention_mask: torch.Tensor | None = None) -> MeissonicContext:

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .base import ModelConfig, MuseModel, count_children
+from .base import ModelConfig, TokenPredictor, count_children
 from .layers import Attention, FeedForward, RMSNorm, grid_positions
-from .micro_conds import AESTHETIC_SCORE
 from .uvit import HEAD_DIM, MaskedTokenUViT, TextContext, UViTConfig
 
 
@@ -52,6 +51,14 @@ class SuperResConfig(ModelConfig):
         values["transformer"] = self.transformer.to_dict()
         return values
 
+    @property
+    def mask_token_id(self) -> int:  # the ids are the high-res transformer's
+        return self.transformer.mask_token_id
+
+    @property
+    def codebook_size(self) -> int:
+        return self.transformer.codebook_size
+
 
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention + GEGLU MLP."""
@@ -68,7 +75,7 @@ class EncoderLayer(nn.Module):
         return x + self.ff(self.norm2(x))
 
 
-class SuperResTransformer(MuseModel):
+class SuperResTransformer(TokenPredictor):
     kind = "super_res"
     config_class = SuperResConfig
 
@@ -83,17 +90,6 @@ class SuperResTransformer(MuseModel):
         self.lowres_norm = RMSNorm(cfg.lowres_hidden_size, cfg.layer_norm_eps)
         self.lowres_proj = nn.Linear(cfg.lowres_hidden_size, cfg.transformer.encoder_hidden_size, bias=False)
         self.transformer = MaskedTokenUViT(cfg.transformer)
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.transformer.mask_token_id
-
-    @property
-    def codebook_size(self) -> int:
-        return self.transformer.codebook_size
-
-    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
-        return self.transformer.default_micro_conds(height, width, batch, aesthetic)
 
     def encode_lowres(self, lowres_ids: torch.Tensor) -> torch.Tensor:
         """``[B, h, w]`` low-res ids -> ``[B, h*w, encoder_hidden_size]`` context; compute once per generation."""

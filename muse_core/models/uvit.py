@@ -6,6 +6,9 @@ codebook. Conditioning: text hidden states (cross-attention context) and a vecto
 pooled text embedding and sinusoidal micro-conditions (width, height, crop top, crop left, aesthetic
 score: ``micro_conds.py``), which modulates every ConvNeXt block and adaptive norm. There are no positional embeddings:
 the depthwise convolutions give the transformer its sense of position.
+
+Two options of ours, off by default (aMUSEd's layout and state dict): ``position_embedding_type="sincos"``
+(fixed 2-D positions) and ``grid_res_blocks`` (ConvNeXt blocks at the full token grid around the resampling).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .base import ModelConfig, MuseModel, count_children
+from .base import ModelConfig, TokenPredictor, count_children
 from .layers import (
     AdaptiveNorm,
     Attention,
@@ -32,7 +35,7 @@ from .layers import (
     grid_positions,
     sinusoidal_embedding,
 )
-from .micro_conds import AESTHETIC_SCORE, MICRO_CONDS, micro_conditions
+from .micro_conds import MICRO_CONDS
 
 HEAD_DIM = 64  # aMUSEd's head width; used when a config must be inferred from tensor shapes
 
@@ -203,7 +206,7 @@ class TransformerLayer(nn.Module):
         return x + self.ff(self.norm3(x, text.cond))
 
 
-class MaskedTokenUViT(MuseModel):
+class MaskedTokenUViT(TokenPredictor):
     """aMUSEd's base transformer (state-dict compatible with diffusers ``UVit2DModel``)."""
 
     kind = "uvit"
@@ -236,18 +239,6 @@ class MaskedTokenUViT(MuseModel):
                           cfg.use_bias, cfg.hidden_dropout)
             for _ in range(cfg.grid_res_blocks)
         )
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.codebook_size
-
-    def default_micro_conds(self, height: int, width: int, batch: int, aesthetic: float = AESTHETIC_SCORE) -> torch.Tensor:
-        """Uncropped micro-conditions ``[B, 5]`` for images of the given pixel size (``micro_conds.micro_conditions``)."""
-        return micro_conditions(height, width, batch, aesthetic)
 
     def embed_conditions(self, pooled_text_emb: torch.Tensor, micro_conds: torch.Tensor) -> torch.Tensor:
         """The conditioning vector ``c``: cond_embed([pooled text, sinusoidal(micro_conds)])."""
