@@ -65,6 +65,7 @@ class CascadePreset:
     # Fixes measured on the shapes data (docs/evaluation.md); the defaults are the plain reference recipe:
     vq_patch_consistency: float = 0.0  # the base VQ's VQObjective patch_consistency
     sr_vq_patch_consistency: float = 0.0  # the same for the super-res VQ
+    vq_boundary_invariance: float = 0.0  # the base VQ's VQObjective boundary_invariance
     base_positions: str | None = None  # the base U-ViT's position_embedding_type; the super-res one has sincos
     text_lr_scale: float = 1.0  # the T5's learning rate relative to the base transformer's
     text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
@@ -106,7 +107,7 @@ PRESETS = {
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True, base_grid_res_blocks=1,
-        code_weight_power=0.5,
+        code_weight_power=0.5, vq_boundary_invariance=1.0,
     ),
 }
 
@@ -154,14 +155,14 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
     def done(stage: str) -> bool:
         return stage not in stages or (out_dir / _OUTPUT[stage]).exists()
 
-    vq_stages = (("vqvae", 4, preset.base_size, preset.vq, preset.vq_patch_consistency),
-                 ("super_res_vqvae", 8, preset.sr_size, preset.sr_vq, preset.sr_vq_patch_consistency))
-    for stage, factor, size, config, patch_consistency in vq_stages:
+    vq_stages = (("vqvae", 4, preset.base_size, preset.vq, preset.vq_patch_consistency, preset.vq_boundary_invariance),
+                 ("super_res_vqvae", 8, preset.sr_size, preset.sr_vq, preset.sr_vq_patch_consistency, 0.0))
+    for stage, factor, size, config, patch_consistency, boundary_invariance in vq_stages:
         if not done(stage):
             vq = VQTokenizer(small_vq_config(factor, preset.codebook_size, preset.vq_channels))
             vq.to(memory_format=torch.channels_last)  # 2-3x faster convolutions on CPU
             crops = RandomCrops(CaptionFolder(data_dir, size), size // 2, factor)
-            objective = VQObjective(vq, patch_consistency=patch_consistency)
+            objective = VQObjective(vq, patch_consistency=patch_consistency, boundary_invariance=boundary_invariance)
             _export(run(stage, objective, crops, config), world, out_dir, stage)
     if not done("transformer"):
         tokenizer = build_word_tokenizer(captions, "t5", max_length=64)
