@@ -166,7 +166,7 @@ def test_vq_objective_learns_and_exports_the_trained_model(tmp_path):
         _, logs = objective({"images": images})
         z = objective.vq.quant_conv(objective.vq.encoder(images))
         _, ids, _, _ = objective.quantize(z)
-    assert set(logs) == {"rec", "commit", "consistency", "perplexity", "codes_used"}
+    assert set(logs) == {"rec", "commit", "consistency", "invariance", "perplexity", "codes_used"}
     # training quantises as encode does; bitwise: the same model, latents and cdist/argmin, in one process
     assert torch.equal(ids, objective.vq.encode(images))
 
