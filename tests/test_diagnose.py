@@ -6,9 +6,10 @@ import torch
 
 from muse_core import cli, load_pipeline
 from muse_core.data.shapes import Scene, Shape, aligned_twin, eval_scenes
-from muse_core.eval.diagnose import boundary_tokens, diagnose
+from muse_core.eval.diagnose import diagnose
 from muse_core.eval.run import rendered
 from muse_core.pipeline import DEFAULT_MODEL_DIR
+from muse_core.training.vq import boundary_patches
 
 
 def test_boundary_tokens_are_the_patches_an_edge_crosses():
@@ -17,7 +18,7 @@ def test_boundary_tokens_are_the_patches_an_edge_crosses():
     aligned = Scene("white", False, [Shape("square", "red", 0.375, 0.375, 0.25)], "single")
     shifted = Scene("white", False, [Shape("square", "red", 0.40625, 0.40625, 0.25)], "single")
     images = rendered([aligned, shifted], 64)
-    boundary = boundary_tokens(images, 4)
+    boundary = boundary_patches(images, 4, levels=256)
     assert boundary.shape == (2, 16, 16)
     assert not boundary[0].any()
     expected = torch.zeros(16, 16, dtype=torch.bool)
@@ -39,7 +40,7 @@ def test_diagnose_the_embedded_model():
     diagnosis = diagnose(pipe, scenes, batch_size=2)
     assert diagnosis.scenes == 4
     truth = rendered(scenes, pipe.native_size)
-    assert diagnosis.boundary_share == boundary_tokens(truth, 4).float().mean().item()
+    assert diagnosis.boundary_share == boundary_patches(truth, 4, levels=256).float().mean().item()
     assert diagnosis.reconstruction_passed == 1.0  # the shipped VQ reconstructs these four
     # a trained model: most masked tokens right (flat background), boundaries far harder
     assert diagnosis.token_accuracy > 0.6 and diagnosis.boundary_accuracy < diagnosis.token_accuracy

@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from einops import rearrange
 
 from ..data.shapes import Scene
 from ..sampling.generate import encode_prompts, micro_conditions
 from ..sampling.sampler import GuidedModel, decode
 from ..sampling.schedules import timestep_for_fraction
+from ..training.vq import boundary_patches
 from .checker import check
 from .run import rendered
 
@@ -54,13 +54,6 @@ class Diagnosis:
         ])
 
 
-def boundary_tokens(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """uint8-exact renders [B, 3, H, W] in [0, 1] -> bool [B, H/f, W/f]: the patch holds more than one colour."""
-    levels = torch.round(images * 255)
-    patches = rearrange(levels, "b c (h p) (w q) -> b h w (p q) c", p=factor, q=factor)
-    return (patches != patches[:, :, :, :1]).any(dim=-1).any(dim=-1)
-
-
 def diagnose(pipe, scenes: list[Scene], seed: int = 0, batch_size: int = 16,
              guidance_scale: float | None = None) -> Diagnosis:
     """Boundary accuracy and boundary infill of ``pipe``'s base model on ``scenes`` (see the module docstring),
@@ -79,7 +72,7 @@ def diagnose(pipe, scenes: list[Scene], seed: int = 0, batch_size: int = 16,
         images = rendered(batch, size)
         with torch.no_grad():
             ids = vq.encode(images.to(vq.device)).to(model.device)
-        boundary = boundary_tokens(images, vq.downsample_factor).to(model.device)
+        boundary = boundary_patches(images, vq.downsample_factor, levels=256).to(model.device)  # renders: exact
         totals["tokens"] += boundary.numel()
         totals["boundaries"] += int(boundary.sum())
         cond, uncond = encode_prompts(pipe.text_encoder, [scene.caption for scene in batch], None, 1, options.guided)

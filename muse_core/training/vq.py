@@ -211,9 +211,10 @@ def quantised_patches(images: torch.Tensor, factor: int, levels: int = 64) -> to
     return torch.round(patches * (levels - 1)).to(torch.int16)
 
 
-def boundary_patches(images: torch.Tensor, factor: int) -> torch.Tensor:
-    """bool [B, H/f, W/f]: the patch holds more than one colour (an edge crosses it)."""
-    patches = quantised_patches(images, factor)
+def boundary_patches(images: torch.Tensor, factor: int, levels: int = 64) -> torch.Tensor:
+    """bool [B, H/f, W/f]: the patch holds more than one colour (an edge crosses it); colours compared after
+    rounding to ``levels`` steps (256: uint8-exact, for renders)."""
+    patches = quantised_patches(images, factor, levels)
     return (patches != patches[..., :1]).flatten(3).any(dim=-1)
 
 
