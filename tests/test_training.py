@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
-from muse_core.training.data import TokenDataset, collate
+from muse_core.training.data import CaptionFolder, TokenDataset, boundary_tokens, collate
 from muse_core.training.loop import Distributed, TrainConfig, batch_indices, learning_rate, train
 from muse_core.training.muse import (
     MaskedTokenObjective,
@@ -128,6 +129,36 @@ def test_code_weights_decide_which_targets_teach(tmp_path):
         loss.backward()
         gradient = model.mlm_layer.conv2.weight.grad
         assert (gradient is not None and gradient.abs().sum() > 0) == expect_gradient
+
+
+def test_boundary_masking_masks_exactly_the_boundary_tokens():
+    """Share 1: an image with boundaries masks those and nothing else; one without keeps a random set."""
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=False,
+                                     boundary_mask_share=1.0)
+    boundaries = torch.zeros(2, 4, 4, dtype=torch.bool)
+    boundaries[0, 1, 1:3] = boundaries[0, 2, 2] = True
+    data = token_data(4, count=2)
+    batch = collate([item | {"boundaries": b} for item, b in zip(data, boundaries)])
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    objective(batch)
+    masked = inputs[0] == model.mask_token_id
+    assert torch.equal(masked[0], boundaries[0])
+    assert masked[1].any()  # the random set (at least one token)
+    with pytest.raises(ValueError, match="boundaries="):
+        objective({key: value for key, value in batch.items() if key != "boundaries"})
+
+
+def test_boundary_tokens_mark_patches_an_edge_crosses(tmp_path):
+    pixels = torch.zeros(8, 8, 3, dtype=torch.uint8)
+    pixels[:, 5:] = 255  # a vertical edge inside the second column of 4x4 patches
+    Image.fromarray(pixels.numpy()).save(tmp_path / "edge.png")
+    Image.fromarray(torch.full((8, 8, 3), 90, dtype=torch.uint8).numpy()).save(tmp_path / "flat.png")
+    (tmp_path / "captions.txt").write_text("edge.png\tan edge\nflat.png\tflat\n")
+    found = boundary_tokens(CaptionFolder(tmp_path, 8), 4)
+    assert found.tolist() == [[[False, True], [False, True]], [[False, False], [False, False]]]
 
 
 def test_text_encoder_learning_rate_is_scaled(tmp_path):

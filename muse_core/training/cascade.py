@@ -31,7 +31,7 @@ from ..models.uvit import MaskedTokenUViT, UViTConfig
 from ..models.vq import VQTokenizer
 from ..pipeline import SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
-from .data import CaptionFolder, RandomCrops, TokenDataset, collate, encode_images
+from .data import CaptionFolder, RandomCrops, TokenDataset, boundary_tokens, collate, encode_images
 from .loop import TrainConfig, setup_distributed, train
 from .muse import MaskedTokenObjective, balanced_code_weights
 from .text_encoder import new_t5_encoder
@@ -73,6 +73,7 @@ class CascadePreset:
     aligned_shapes: bool = False  # the generated shapes dataset puts shapes on the token grid (data.shapes)
     base_grid_res_blocks: int = 0  # the base U-ViT's grid_res_blocks (ConvNeXt blocks at the full token grid)
     code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
+    boundary_mask_share: float = 0.0  # the base objective's MaskedTokenObjective boundary_mask_share
 
     @property
     def sr_size(self) -> int:
@@ -107,7 +108,7 @@ PRESETS = {
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True, base_grid_res_blocks=1,
-        code_weight_power=0.5, vq_boundary_invariance=1.0,
+        code_weight_power=0.5, vq_boundary_invariance=1.0, boundary_mask_share=0.5,
     ),
 }
 
@@ -173,8 +174,12 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
                                                    preset.base_grid_res_blocks))
         weights = balanced_code_weights(ids, preset.codebook_size, preset.code_weight_power)
         objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True,
-                                         text_encoder_lr_scale=preset.text_lr_scale, code_weights=weights)
-        _export(run("transformer", objective, TokenDataset(captions, ids), preset.transformer), world, out_dir, "transformer")
+                                         text_encoder_lr_scale=preset.text_lr_scale, code_weights=weights,
+                                         boundary_mask_share=preset.boundary_mask_share)
+        boundaries = _boundary_cache(work_dir, data_dir, world, preset.base_size, ids.shape[-1]) \
+            if preset.boundary_mask_share > 0 else None
+        dataset = TokenDataset(captions, ids, boundaries=boundaries)
+        _export(run("transformer", objective, dataset, preset.transformer), world, out_dir, "transformer")
         if world.is_main and preset.sampling:
             (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")
     if not done("super_res"):
@@ -235,3 +240,15 @@ def _token_cache(work_dir: Path, out_dir: Path, data_dir: Path, preset: CascadeP
     if dist.is_initialized():
         dist.barrier()
     return load_file(path)["ids"]
+
+
+def _boundary_cache(work_dir: Path, data_dir: Path, world, resolution: int, grid: int) -> torch.Tensor:
+    """The dataset's boundary tokens (``boundary_tokens``) on a ``grid``^2 token grid, computed once."""
+    path = work_dir / f"boundaries_{resolution}px_{grid}.safetensors"
+    if world.is_main and not path.is_file():
+        boundaries = boundary_tokens(CaptionFolder(data_dir, resolution), resolution // grid)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"boundaries": boundaries.to(torch.uint8)}, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return load_file(path)["boundaries"].bool()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .vq import boundary_patches
+
 CAPTION_FILES = ("captions.jsonl", "captions.txt")
 
 
@@ -121,16 +123,19 @@ class RandomCrops(torch.utils.data.Dataset):
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "caption": str}`` for transformer training.
+    """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "boundaries"?: bool [h,w], "caption": str}``
+    for transformer training (``boundaries``: see ``boundary_tokens``).
 
     The VQ tokenizers are frozen while the transformers train, so each image is encoded once, not
     once per epoch.
     """
 
-    def __init__(self, captions: list[str], ids: torch.Tensor, lowres_ids: torch.Tensor | None = None):
-        if len(captions) != len(ids) or (lowres_ids is not None and len(lowres_ids) != len(ids)):
-            raise ValueError("TokenDataset: captions, ids and lowres_ids must have one entry per image.")
-        self.captions, self.ids, self.lowres_ids = captions, ids, lowres_ids
+    def __init__(self, captions: list[str], ids: torch.Tensor, lowres_ids: torch.Tensor | None = None,
+                 boundaries: torch.Tensor | None = None):
+        if any(extra is not None and len(extra) != len(ids) for extra in (lowres_ids, boundaries)) \
+                or len(captions) != len(ids):
+            raise ValueError("TokenDataset: captions, ids, lowres_ids and boundaries must have one entry per image.")
+        self.captions, self.ids, self.lowres_ids, self.boundaries = captions, ids, lowres_ids, boundaries
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -139,6 +144,8 @@ class TokenDataset(torch.utils.data.Dataset):
         item = {"ids": self.ids[index], "caption": self.captions[index]}
         if self.lowres_ids is not None:
             item["lowres_ids"] = self.lowres_ids[index]
+        if self.boundaries is not None:
+            item["boundaries"] = self.boundaries[index]
         return item
 
 
@@ -168,3 +175,13 @@ def encode_images(vq, dataset: CaptionFolder, batch_size: int = 64, progress: bo
         chunks.append(vq.encode(images).cpu())
     ids = torch.cat(chunks)
     return ids.to(torch.int16) if vq.codebook_size <= torch.iinfo(torch.int16).max else ids
+
+
+def boundary_tokens(dataset: CaptionFolder, factor: int, batch_size: int = 256) -> torch.Tensor:
+    """bool ``[N, H/factor, W/factor]``: the tokens of each image whose pixel patch holds more than one colour
+    (an edge crosses it; ``training.vq.boundary_patches`` on the uint8 pixels)."""
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i]["images"] for i in range(start, min(start + batch_size, len(dataset)))])
+        chunks.append(boundary_patches(images, factor, levels=256))
+    return torch.cat(chunks)

@@ -60,12 +60,20 @@ class MaskedTokenObjective(nn.Module):
     Batches hold ``ids [B, h, w]`` (VQ ids of the training images), ``captions`` and, for super-res,
     ``lowres_ids [B, h', w']`` (base-VQ ids of the same images at the base resolution).
     ``image_size`` is the pixel size of the training images (the micro-conditioning the sampler gives).
+
+    ``boundary_mask_share``: that share of the images (those with any boundary) masks exactly their boundary
+    tokens (``batch["boundaries"]``, bool ``[B, h, w]``) instead of a random set. Confidence-ordered decoding
+    leaves a shape's outline for its last steps, with every flat token around it known: a state that random
+    masking at the arccos rates almost never draws.
     """
 
     def __init__(self, model: nn.Module, text_encoder: nn.Module, image_size: int, train_text_encoder: bool,
                  label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = AESTHETIC_SCORE,
-                 text_encoder_lr_scale: float = 1.0, code_weights: torch.Tensor | None = None):
+                 text_encoder_lr_scale: float = 1.0, code_weights: torch.Tensor | None = None,
+                 boundary_mask_share: float = 0.0):
         super().__init__()
+        if not 0.0 <= boundary_mask_share <= 1.0:
+            raise ValueError(f"boundary_mask_share={boundary_mask_share}: a share of the batch, in [0, 1].")
         self.model = model
         self.text_encoder = text_encoder
         self.text_encoder.requires_grad_(train_text_encoder)
@@ -75,6 +83,7 @@ class MaskedTokenObjective(nn.Module):
         self.prompt_dropout = prompt_dropout
         self.aesthetic_score = aesthetic_score
         self.text_encoder_lr_scale = text_encoder_lr_scale
+        self.boundary_mask_share = boundary_mask_share
         # [K] cross-entropy weight of each target code (balanced_code_weights); a buffer so it follows .to()
         self.register_buffer("code_weights", code_weights, persistent=False)
 
@@ -93,6 +102,8 @@ class MaskedTokenObjective(nn.Module):
         batch_size, height, width = ids.shape
         masked = random_token_mask((batch_size, height * width), sample_mask_rates(batch_size, ids.device))
         masked = masked.view(batch_size, height, width)
+        if self.boundary_mask_share > 0:
+            masked = self._mask_boundaries(batch, masked)
         inputs = torch.where(masked, self.model.mask_token_id, ids)
 
         captions = drop_prompts(batch["captions"], self.prompt_dropout if self.training else 0.0)
@@ -116,6 +127,15 @@ class MaskedTokenObjective(nn.Module):
         loss = (loss * self.code_weights[targets]).mean() if self.code_weights is not None else loss.mean()
         accuracy = (logits.argmax(-1) == targets).float().mean()
         return loss, {"acc": accuracy.item()}
+
+    def _mask_boundaries(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
+        if "boundaries" not in batch:
+            raise ValueError("boundary_mask_share needs each item's boundary tokens: build the TokenDataset with "
+                             "boundaries= (training.data.boundary_tokens).")
+        boundaries = batch["boundaries"].to(masked.device, torch.bool)
+        chosen = torch.rand(len(masked), device=masked.device) < self.boundary_mask_share
+        chosen &= boundaries.flatten(1).any(dim=1)  # nothing to mask in an image without edges: keep its random set
+        return torch.where(chosen[:, None, None], boundaries, masked)
 
     def export(self, folder: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
         """Write the transformer as ``folder/<name>.safetensors`` (and the text encoder if it was trained)."""
