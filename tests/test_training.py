@@ -151,6 +151,29 @@ def test_boundary_masking_masks_exactly_the_boundary_tokens():
         objective({key: value for key, value in batch.items() if key != "boundaries"})
 
 
+def test_image_mean_loss_weighs_each_image_once():
+    """One image with 1 masked token, one with 8: the image mean is the mean of the two images' token means,
+    where the plain loss is the mean of all 9 tokens."""
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    boundaries = torch.zeros(2, 4, 4, dtype=torch.bool)
+    boundaries[0, 0, 0] = True
+    boundaries[1, :2] = True
+    batch = collate([item | {"boundaries": b} for item, b in zip(token_data(4, count=2), boundaries)])
+    logits = []
+    model.register_forward_hook(lambda module, args, output: logits.append(output))
+    losses, text_encoder = {}, tiny_text_encoder()
+    for image_mean in (False, True):
+        objective = MaskedTokenObjective(model, text_encoder, image_size=16, train_text_encoder=False,
+                                         boundary_mask_share=1.0, image_mean_loss=image_mean).eval()
+        losses[image_mean], _ = objective(batch)  # eval: no prompt dropout, so both calls see the same logits
+    torch.testing.assert_close(logits[0], logits[1])
+    token_losses = torch.nn.functional.cross_entropy(logits[0].permute(0, 2, 3, 1)[boundaries], batch["ids"][boundaries],
+                                                     label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(losses[False], token_losses.mean())
+    torch.testing.assert_close(losses[True], (token_losses[0] + token_losses[1:].mean()) / 2)
+
+
 def test_boundary_tokens_mark_patches_an_edge_crosses(tmp_path):
     pixels = torch.zeros(8, 8, 3, dtype=torch.uint8)
     pixels[:, 5:] = 255  # a vertical edge inside the second column of 4x4 patches

@@ -74,6 +74,7 @@ class CascadePreset:
     base_grid_res_blocks: int = 0  # the base U-ViT's grid_res_blocks (ConvNeXt blocks at the full token grid)
     code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
     boundary_mask_share: float = 0.0  # the base objective's MaskedTokenObjective boundary_mask_share
+    image_mean_loss: bool = False  # the base objective's MaskedTokenObjective image_mean_loss
 
     @property
     def sr_size(self) -> int:
@@ -109,6 +110,7 @@ PRESETS = {
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True, base_grid_res_blocks=1,
         code_weight_power=0.5, vq_boundary_invariance=1.0, boundary_mask_share=0.5,
+        image_mean_loss=True,
     ),
 }
 
@@ -175,7 +177,8 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         weights = balanced_code_weights(ids, preset.codebook_size, preset.code_weight_power)
         objective = MaskedTokenObjective(model, text_encoder, preset.base_size, train_text_encoder=True,
                                          text_encoder_lr_scale=preset.text_lr_scale, code_weights=weights,
-                                         boundary_mask_share=preset.boundary_mask_share)
+                                         boundary_mask_share=preset.boundary_mask_share,
+                                         image_mean_loss=preset.image_mean_loss)
         boundaries = _boundary_cache(work_dir, data_dir, world, preset.base_size, ids.shape[-1]) \
             if preset.boundary_mask_share > 0 else None
         dataset = TokenDataset(captions, ids, boundaries=boundaries)
