@@ -239,24 +239,27 @@ def _shapes_dataset(folder: Path, preset: CascadePreset, seed: int, world) -> Pa
 def _token_cache(work_dir: Path, out_dir: Path, data_dir: Path, preset: CascadePreset, world,
                  vq_name: str, resolution: int, progress: bool) -> torch.Tensor:
     """The dataset's ids under the exported (fp16-rounded) VQ, computed once and kept in work_dir."""
-    path = work_dir / f"tokens_{vq_name}.safetensors"
-    if world.is_main and not path.is_file():
+    def compute() -> torch.Tensor:
         vq = load_model(VQTokenizer, out_dir / _OUTPUT[vq_name], dtype=torch.float32, device=world.device)
-        ids = encode_images(vq, CaptionFolder(data_dir, resolution), progress=progress)
-        work_dir.mkdir(parents=True, exist_ok=True)  # absent when no earlier stage ran in this work folder
-        save_file({"ids": ids}, path, metadata={"resolution": json.dumps(resolution)})
-    if dist.is_initialized():
-        dist.barrier()
-    return load_file(path)["ids"]
+        return encode_images(vq, CaptionFolder(data_dir, resolution), progress=progress)
+
+    return _cached(work_dir / f"tokens_{vq_name}.safetensors", "ids", compute, world, resolution=resolution)
 
 
 def _boundary_cache(work_dir: Path, data_dir: Path, world, resolution: int, grid: int) -> torch.Tensor:
     """The dataset's boundary tokens (``boundary_tokens``) on a ``grid``^2 token grid, computed once."""
-    path = work_dir / f"boundaries_{resolution}px_{grid}.safetensors"
+    def compute() -> torch.Tensor:
+        return boundary_tokens(CaptionFolder(data_dir, resolution), resolution // grid).to(torch.uint8)
+
+    return _cached(work_dir / f"boundaries_{resolution}px_{grid}.safetensors", "boundaries", compute, world).bool()
+
+
+def _cached(path: Path, key: str, compute, world, **metadata) -> torch.Tensor:
+    """``compute()``'s tensor, saved at ``path`` by rank 0 the first time and read back by every rank."""
     if world.is_main and not path.is_file():
-        boundaries = boundary_tokens(CaptionFolder(data_dir, resolution), resolution // grid)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"boundaries": boundaries.to(torch.uint8)}, path)
+        tensor = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)  # absent when no earlier stage ran in this work folder
+        save_file({key: tensor}, path, metadata={k: json.dumps(v) for k, v in metadata.items()})
     if dist.is_initialized():
         dist.barrier()
-    return load_file(path)["boundaries"].bool()
+    return load_file(path)[key]

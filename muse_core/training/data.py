@@ -168,20 +168,19 @@ def encode_images(vq, dataset: CaptionFolder, batch_size: int = 64, progress: bo
     """All images of ``dataset`` -> VQ ids ``[N, h, w]`` (int16 when the codebook fits, to save memory)."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    chunks = []
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc=f"encode {dataset.resolution}px", disable=not progress, unit="batch"):
-        images = torch.stack([dataset[i]["images"] for i in range(start, min(start + batch_size, len(dataset)))])
-        chunks.append(vq.encode(images).cpu())
-    ids = torch.cat(chunks)
+    batches = tqdm(image_batches(dataset, batch_size), desc=f"encode {dataset.resolution}px", disable=not progress,
+                   unit="batch", total=-(-len(dataset) // batch_size))
+    ids = torch.cat([vq.encode(images).cpu() for images in batches])
     return ids.to(torch.int16) if vq.codebook_size <= torch.iinfo(torch.int16).max else ids
 
 
 def boundary_tokens(dataset: CaptionFolder, factor: int, batch_size: int = 256) -> torch.Tensor:
     """bool ``[N, H/factor, W/factor]``: the tokens of each image whose pixel patch holds more than one colour
     (an edge crosses it; ``training.vq.boundary_patches`` on the uint8 pixels)."""
-    chunks = []
+    return torch.cat([boundary_patches(images, factor, levels=256) for images in image_batches(dataset, batch_size)])
+
+
+def image_batches(dataset: CaptionFolder, batch_size: int):
+    """The dataset's images in order, ``batch_size`` at a time: float ``[b, 3, R, R]``."""
     for start in range(0, len(dataset), batch_size):
-        images = torch.stack([dataset[i]["images"] for i in range(start, min(start + batch_size, len(dataset)))])
-        chunks.append(boundary_patches(images, factor, levels=256))
-    return torch.cat(chunks)
+        yield torch.stack([dataset[i]["images"] for i in range(start, min(start + batch_size, len(dataset)))])
