@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from muse_core import load_pipeline
-from muse_core.data.shapes import eval_scenes, negative_scenes, render, training_scenes
+from muse_core.data.shapes import PLACEMENTS, eval_scenes, negative_scenes, render, training_scenes
 from muse_core.eval.checker import check, detect
 from muse_core.eval.run import SETTINGS, evaluate, format_table, object_mask
 from muse_core.pipeline import MusePipeline
@@ -33,9 +33,9 @@ def test_checker_passes_every_eval_render():
 
 
 def test_checker_passes_training_renders():
-    for aligned in (False, True):
-        scenes = [scene for scene, _ in training_scenes(500, seed=123, aligned=aligned)]
-        assert failures(scenes, [render(scene, 64) for scene in scenes]) == [], aligned
+    for placement in PLACEMENTS:
+        scenes = [scene for scene, _ in training_scenes(500, seed=123, placement=placement)]
+        assert failures(scenes, [render(scene, 64) for scene in scenes]) == [], placement
 
 
 def test_checker_reads_what_was_drawn():

@@ -19,6 +19,8 @@ from muse_core.data.shapes import (
     RELATION_SEPARATION,
     RELATION_WORDS,
     SHAPE_COLOURS,
+    SLOT_JITTER,
+    SLOTS,
     TOKEN_GRID,
     Scene,
     eval_scenes,
@@ -111,8 +113,8 @@ def test_negatives_differ_from_the_caption():
 
 
 def test_geometry_is_unambiguous():
-    aligned = [s for s, _ in training_scenes(1000, seed=2, aligned=True)]
-    for scene in eval_scenes() + [s for s, _ in training_scenes(1000, seed=2)] + aligned:
+    on_grid = [s for placement in ("aligned", "slots") for s, _ in training_scenes(1000, seed=2, placement=placement)]
+    for scene in eval_scenes() + [s for s, _ in training_scenes(1000, seed=2)] + on_grid:
         for i, shape in enumerate(scene.shapes):
             x0, y0, x1, y1 = shape.box()
             assert min(x0, y0) >= MARGIN - 1e-3 and max(x1, y1) <= 1 - MARGIN + 1e-3 and shape.size >= 0.2
@@ -125,8 +127,9 @@ def test_geometry_is_unambiguous():
             assert sign * along >= RELATION_SEPARATION - 1e-3 and abs(across) <= RELATION_DRIFT + 1e-3
 
 
-def test_aligned_shapes_lie_on_the_token_grid():
-    scenes = [s for s, _ in training_scenes(400, seed=7, aligned=True)]
+@pytest.mark.parametrize("placement", ["aligned", "slots"])
+def test_shapes_on_the_grid_lie_on_token_boundaries(placement):
+    scenes = [s for s, _ in training_scenes(400, seed=7, placement=placement)]
     for scene in scenes:
         for shape in scene.shapes:
             assert all(float(edge * TOKEN_GRID).is_integer() for edge in shape.box()), shape
@@ -141,6 +144,26 @@ def test_aligned_shapes_lie_on_the_token_grid():
     assert {s.category for s in scenes} == set(CATEGORIES) and "small" in captions and "large" in captions
     assert all(word in captions for word in [*SHAPE_COLOURS, *NUMBER_WORDS.values(), "circle", "triangle"])
     assert not held_out_captions() & {s.caption for s in scenes}
+
+
+def test_slots_put_each_shape_near_its_slot():
+    scenes = [s for s, _ in training_scenes(400, seed=5, placement="slots")]
+    for scene in scenes:
+        slots = SLOTS[len(scene.shapes)] if len(scene.shapes) != 2 else SLOTS[2] + tuple((y, x) for x, y in SLOTS[2])
+        for shape in scene.shapes:
+            # an edge moves at most SLOT_JITTER cells, plus half a cell for an odd side's centring
+            assert any(max(abs(shape.cx - x), abs(shape.cy - y)) * TOKEN_GRID <= SLOT_JITTER + 0.5 for x, y in slots)
+        if scene.relation is not None:  # the first object takes the relation's side
+            a, b = scene.shapes
+            assert {"left of": a.cx < b.cx, "right of": a.cx > b.cx, "above": a.cy < b.cy,
+                    "below": a.cy > b.cy}[scene.relation]
+    singles = {(s.shapes[0].cx, s.shapes[0].cy) for s in scenes if s.category == "single"}
+    assert 1 < len(singles) <= (2 * SLOT_JITTER + 1) ** 2 * 2  # jittered, not one fixed spot (7-cell boxes: half-cells)
+
+
+def test_unknown_placement_is_refused():
+    with pytest.raises(ValueError, match="unknown placement 'grid'.*free"):
+        sample_scene(random.Random(0), "single", "grid")
 
 
 def test_render_looks_the_same_at_every_resolution():

@@ -13,13 +13,18 @@ colour-segmentation checker (``muse_core.eval.checker``) can demand an exact mat
 Geometry is chosen so detection is reliable at 64 px even through a 4x4-pixel VQ: shapes are at least
 0.2 of the image wide, never touch, and a relation has a clear separation along its axis.
 
-``aligned=True`` (training data only) puts every shape's box on whole cells of a ``TOKEN_GRID`` x
+``placement`` (training data only) says where shapes go: ``"free"`` anywhere (the held-out scenes);
+``"aligned"`` puts every shape's box on whole cells of a ``TOKEN_GRID`` x
 ``TOKEN_GRID`` grid, the embedded model's token grid at both its resolutions (4 px at 64 px, 8 px at
 128 px). An edge that ends on a token boundary puts no sub-token offset into the tokens: a square is flat
 tokens only, and the tokens a circle's or triangle's edge crosses are fixed by its size in cells. With
 free positions the boundary tokens carry where within 4x4 pixels each edge passes, which a transformer
-cannot know from the rest of the image (docs/evaluation.md, `--diagnose`). The held-out scenes stay
-free: the checker reads captions, not positions.
+cannot know from the rest of the image (docs/evaluation.md, `--diagnose`). ``"slots"`` is aligned and
+also puts each box within SLOT_JITTER cells of a fixed slot (the centre for one object, the two halves
+for two, the quadrants for three or four): with free centres, an all-masked prompt's per-token
+marginals spread its objects thinly over the whole image, so confidence sampling commits background
+everywhere first and leaves the objects as specks; fixed slots make the first steps sure of where the
+objects are. The held-out scenes stay free: the checker reads captions, not positions.
 Everything is seeded: the same seed gives the same scenes, captions and bytes.
 """
 
@@ -63,10 +68,15 @@ NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 
 SMALL_SIZES = (0.20, 0.24)  # "small" and "large" differ by >= 1.4x, so the checker can compare them
 LARGE_SIZES = (0.34, 0.40)
+PLACEMENTS = ("free", "aligned", "slots")
 TOKEN_GRID = 16  # aligned shapes: boxes of whole cells of this grid
 # Box sides of aligned shapes, in cells, for each free range of sizes (small and large: 1.5x apart).
 ALIGNED_CELLS = {(0.2, 0.45): (4, 5, 6, 7), (0.2, 0.36): (4, 5), (0.2, 0.28): (4,), (0.2, 0.34): (4, 5),
                  SMALL_SIZES: (4,), LARGE_SIZES: (6,)}
+# Slot centres by number of objects (x, y in [0, 1]); a scene takes one row, in an order chosen per scene.
+SLOTS = {1: ((0.5, 0.5),), 2: ((0.25, 0.5), (0.75, 0.5)), 3: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)),
+         4: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))}
+SLOT_JITTER = 1  # "slots" placement: a box's edges lie up to this many cells from its slot's
 MARGIN = 0.04  # empty border around every shape's box
 GAP = 0.07  # empty space between two shapes' boxes: >= 4 px at 64 px, so blurred shapes stay apart
 RELATION_SEPARATION = 0.35  # centre distance along a relation's axis ...
@@ -178,25 +188,46 @@ def boxes_apart(a: Shape, b: Shape) -> bool:
     return ax1 + GAP <= bx0 or bx1 + GAP <= ax0 or ay1 + GAP <= by0 or by1 + GAP <= ay0
 
 
-def random_size(rng: random.Random, sizes: tuple[float, float], aligned: bool) -> float:
-    """A box side from the range ``sizes``, or for aligned shapes a whole number of cells (ALIGNED_CELLS)."""
-    return rng.choice(ALIGNED_CELLS[sizes]) / TOKEN_GRID if aligned else rng.uniform(*sizes)
+def random_size(rng: random.Random, sizes: tuple[float, float], placement: str) -> float:
+    """A box side from the range ``sizes``, or for shapes on the grid a whole number of cells (ALIGNED_CELLS)."""
+    return rng.uniform(*sizes) if placement == "free" else rng.choice(ALIGNED_CELLS[sizes]) / TOKEN_GRID
 
 
-def random_centre(rng: random.Random, size: float, aligned: bool) -> float:
-    """A box centre at least MARGIN from the border; for aligned shapes the box's edges are grid lines."""
-    if not aligned:
+def random_centre(rng: random.Random, size: float, placement: str, slot: float = 0.5) -> float:
+    """A box centre at least MARGIN from the border; on the grid the box's edges are grid lines, and for
+    ``"slots"`` they lie within SLOT_JITTER cells of the box centred on ``slot``."""
+    if placement == "free":
         return rng.uniform(MARGIN + size / 2, 1 - MARGIN - size / 2)
     cells, margin = round(size * TOKEN_GRID), math.ceil(MARGIN * TOKEN_GRID)
-    return (rng.randint(margin, TOKEN_GRID - margin - cells) + cells / 2) / TOKEN_GRID
+    low, high = margin, TOKEN_GRID - margin - cells  # the box's first cell
+    if placement == "slots":
+        first = math.floor(slot * TOKEN_GRID - cells / 2)
+        low, high = max(low, first - SLOT_JITTER), min(high, first + SLOT_JITTER)
+    return (rng.randint(low, high) + cells / 2) / TOKEN_GRID
 
 
-def place(rng: random.Random, shapes: list[Shape], aligned: bool = False, attempts: int = 100) -> None:
+def slot_row(rng: random.Random, count: int, relation: str | None = None) -> list[tuple[float, float]]:
+    """The slot centres for ``count`` shapes in the order of the shapes: random, or the relation's
+    ("left of": first left, second right; "above": first top, second bottom)."""
+    if relation is not None:
+        horizontal = relation in ("left of", "right of")
+        row = list(SLOTS[2]) if horizontal else [(y, x) for x, y in SLOTS[2]]
+        return row if relation in ("left of", "above") else row[::-1]
+    row = list(SLOTS[count])
+    if count == 2 and rng.random() < 0.5:
+        row = [(y, x) for x, y in row]  # two objects stand side by side or one above the other
+    rng.shuffle(row)
+    return row[:count]
+
+
+def place(rng: random.Random, shapes: list[Shape], placement: str = "free", relation: str | None = None,
+          attempts: int = 100) -> None:
     """Give the shapes random, well-separated positions (in place), one after another."""
     for _ in range(attempts):
-        for index, shape in enumerate(shapes):
+        slots = slot_row(rng, len(shapes), relation) if placement == "slots" else [(0.5, 0.5)] * len(shapes)
+        for index, (shape, (x, y)) in enumerate(zip(shapes, slots)):
             for _ in range(attempts):
-                shape.cx, shape.cy = random_centre(rng, shape.size, aligned), random_centre(rng, shape.size, aligned)
+                shape.cx, shape.cy = random_centre(rng, shape.size, placement, x), random_centre(rng, shape.size, placement, y)
                 if all(boxes_apart(shape, other) for other in shapes[:index]):
                     break
             else:
@@ -207,13 +238,13 @@ def place(rng: random.Random, shapes: list[Shape], aligned: bool = False, attemp
                        "lower their sizes or GAP.")
 
 
-def place_related(rng: random.Random, first: Shape, second: Shape, relation: str, aligned: bool = False,
+def place_related(rng: random.Random, first: Shape, second: Shape, relation: str, placement: str = "free",
                   attempts: int = 500) -> None:
     """Place two shapes so that ``first <relation> second`` holds with a clear margin."""
     horizontal = relation in ("left of", "right of")
     sign = -1 if relation in ("left of", "above") else 1  # first's axis coordinate minus second's
     for _ in range(attempts):
-        place(rng, [first, second], aligned)
+        place(rng, [first, second], placement, relation if placement == "slots" else None)
         along = (first.cx - second.cx) if horizontal else (first.cy - second.cy)
         across = (first.cy - second.cy) if horizontal else (first.cx - second.cx)
         if sign * along >= RELATION_SEPARATION and abs(across) <= RELATION_DRIFT:
@@ -234,38 +265,40 @@ def possible_backgrounds(shapes: list[Shape]) -> list[str]:
     return [*NEUTRAL_BACKGROUNDS, *(colour for colour in SHAPE_COLOURS if colour not in used)]
 
 
-def sample_scene(rng: random.Random, category: str | None = None, aligned: bool = False) -> Scene:
-    """A random scene of ``category`` (random category if None), with its caption; ``aligned``: shapes on
-    the token grid (module docstring)."""
+def sample_scene(rng: random.Random, category: str | None = None, placement: str = "free") -> Scene:
+    """A random scene of ``category`` (random category if None), with its caption; ``placement``: where the
+    shapes go (module docstring)."""
     category = category or rng.choice(CATEGORIES)
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}.")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {PLACEMENTS}.")
     mentioned = rng.random() < BACKGROUND_MENTION_RATE
     relation, sizes_mentioned = None, False
     if category == "single":
-        shapes = [Shape(rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS)), 0, 0, random_size(rng, (0.2, 0.45), aligned))]
-        place(rng, shapes, aligned)
+        shapes = [Shape(rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS)), 0, 0, random_size(rng, (0.2, 0.45), placement))]
+        place(rng, shapes, placement)
     elif category == "counting":
         count = rng.choice(list(NUMBER_WORDS))
         kind, colour = rng.choice(KINDS), rng.choice(list(SHAPE_COLOURS))
-        size = random_size(rng, (0.2, 0.36) if count == 2 else (0.2, 0.28), aligned)
+        size = random_size(rng, (0.2, 0.36) if count == 2 else (0.2, 0.28), placement)
         shapes = [Shape(kind, colour, 0, 0, size) for _ in range(count)]
-        place(rng, shapes, aligned)
+        place(rng, shapes, placement)
     else:
         (colour_a, kind_a), (colour_b, kind_b) = two_different_objects(rng)
         if category == "pair" and rng.random() < SIZE_MENTION_RATE:
             sizes_mentioned = True
-            sizes = [random_size(rng, SMALL_SIZES, aligned), random_size(rng, LARGE_SIZES, aligned)]
+            sizes = [random_size(rng, SMALL_SIZES, placement), random_size(rng, LARGE_SIZES, placement)]
             rng.shuffle(sizes)
         else:
-            sizes = [random_size(rng, (0.2, 0.34), aligned), random_size(rng, (0.2, 0.34), aligned)]
+            sizes = [random_size(rng, (0.2, 0.34), placement), random_size(rng, (0.2, 0.34), placement)]
         shapes = [Shape(kind_a, colour_a, 0, 0, sizes[0]), Shape(kind_b, colour_b, 0, 0, sizes[1])]
         if category == "position":
             relation = rng.choice(RELATIONS)
-            place_related(rng, shapes[0], shapes[1], relation, aligned)
+            place_related(rng, shapes[0], shapes[1], relation, placement)
         else:
-            place(rng, shapes, aligned)
-    for shape in shapes if not aligned else ():  # short JSON, same render (aligned ones are exact in binary)
+            place(rng, shapes, placement)
+    for shape in shapes if placement == "free" else ():  # short JSON, same render (grid ones are exact in binary)
         shape.cx, shape.cy, shape.size = round(shape.cx, 4), round(shape.cy, 4), round(shape.size, 4)
     background = rng.choice(possible_backgrounds(shapes))
     template = rng.randrange(len(TEMPLATES[category]))
@@ -357,7 +390,7 @@ def aligned_twin(scene: Scene, seed: int = 0, attempts: int = 1_000_000) -> Scen
     trained on aligned shapes draws them (``muse eval --diagnose``). Seeded rejection sampling."""
     rng = random.Random(f"{seed}:{scene.caption}")
     for _ in range(attempts):
-        twin = sample_scene(rng, scene.category, aligned=True)
+        twin = sample_scene(rng, scene.category, "aligned")
         if twin.caption == scene.caption:
             return twin
     raise RuntimeError(f"no aligned scene found for {scene.caption!r} in {attempts} draws.")
@@ -368,13 +401,13 @@ def held_out_captions() -> frozenset[str]:
     return frozenset(values["caption"] for values in _eval_scene_dicts())
 
 
-def training_scenes(count: int, seed: int, aligned: bool = False):
+def training_scenes(count: int, seed: int, placement: str = "free"):
     """Yields ``count`` (scene, negative captions) pairs, categories in turn; no caption of the eval set."""
     rng = random.Random(seed)
     for index in range(count):
-        scene = sample_scene(rng, CATEGORIES[index % len(CATEGORIES)], aligned)
+        scene = sample_scene(rng, CATEGORIES[index % len(CATEGORIES)], placement)
         while scene.caption in held_out_captions():
-            scene = sample_scene(rng, scene.category, aligned)
+            scene = sample_scene(rng, scene.category, placement)
         yield scene, [negative.caption for negative in negative_scenes(scene, rng)]
 
 
@@ -412,7 +445,7 @@ def render(scene: Scene, size: int) -> np.ndarray:
     return np.rint(image).astype(np.uint8)
 
 
-def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128, aligned: bool = False) -> Path:
+def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128, placement: str = "free") -> Path:
     """Write ``folder/images/000000.png ...`` and ``folder/captions.jsonl``; returns the JSONL path.
 
     Each line: ``{"image", "caption", "negatives", "scene"}``. Same arguments -> byte-identical files.
@@ -422,7 +455,7 @@ def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128, al
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []
-    for index, (scene, negatives) in enumerate(training_scenes(count, seed, aligned)):
+    for index, (scene, negatives) in enumerate(training_scenes(count, seed, placement)):
         name = f"images/{index:06d}.png"
         Image.fromarray(render(scene, size)).save(folder / name, compress_level=1)
         lines.append(json.dumps({"image": name, "caption": scene.caption, "negatives": negatives,
@@ -438,9 +471,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--aligned", action="store_true", help=f"shapes on the {TOKEN_GRID}x{TOKEN_GRID} token grid")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="free",
+                        help=f"where shapes go: anywhere, on the {TOKEN_GRID}x{TOKEN_GRID} token grid, or on it near "
+                             "fixed slots (module docstring)")
     args = parser.parse_args(argv)
-    print(write_dataset(args.out, args.count, args.seed, args.size, args.aligned))
+    print(write_dataset(args.out, args.count, args.seed, args.size, args.placement))
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ class CascadePreset:
     text_lr_scale: float = 1.0  # the T5's learning rate relative to the base transformer's
     text_position_bias_std: float | None = None  # init of the T5's relative position bias (None: transformers')
     clip_speck_negatives: bool = False  # the reranker's ClipObjective speck_negatives
-    aligned_shapes: bool = False  # the generated shapes dataset puts shapes on the token grid (data.shapes)
+    shape_placement: str = "free"  # where the generated shapes dataset puts shapes (data.shapes.PLACEMENTS)
     base_grid_res_blocks: int = 0  # the base U-ViT's grid_res_blocks (ConvNeXt blocks at the full token grid)
     code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
     boundary_mask_share: float = 0.0  # the base objective's MaskedTokenObjective boundary_mask_share
@@ -108,7 +108,7 @@ PRESETS: dict[str, CascadePreset] = {
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
-        text_position_bias_std=2.0, clip_speck_negatives=True, aligned_shapes=True, base_grid_res_blocks=1,
+        text_position_bias_std=2.0, clip_speck_negatives=True, shape_placement="slots", base_grid_res_blocks=1,
         code_weight_power=0.5, vq_boundary_invariance=1.0, boundary_mask_share=0.5,
         image_mean_loss=True,
     ),
@@ -116,7 +116,7 @@ PRESETS: dict[str, CascadePreset] = {
 # The recipe that passed the boundary-infill gate (docs/evaluation.md, 2026-12-03: 95% at 2000 steps), for the
 # next embedded model; not yet trained to length, so the shipped model is still the plain `shipped` recipe.
 PRESETS["v2-candidate"] = dataclasses.replace(
-    PRESETS["shipped"], aligned_shapes=True, base_grid_res_blocks=1, boundary_mask_share=0.5, image_mean_loss=True,
+    PRESETS["shipped"], shape_placement="aligned", base_grid_res_blocks=1, boundary_mask_share=0.5, image_mean_loss=True,
 )
 
 
@@ -230,7 +230,7 @@ def _shapes_dataset(folder: Path, preset: CascadePreset, seed: int, world) -> Pa
     from ..data.shapes import write_dataset  # noqa: PLC0415
 
     if world.is_main and not (folder / "captions.jsonl").is_file():
-        write_dataset(folder, preset.dataset_size, seed=seed, size=preset.sr_size, aligned=preset.aligned_shapes)
+        write_dataset(folder, preset.dataset_size, seed=seed, size=preset.sr_size, placement=preset.shape_placement)
     if dist.is_initialized():
         dist.barrier()
     return folder
