@@ -2,10 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
 from muse_core import cli, load_pipeline
-from muse_core.data.shapes import Scene, Shape, aligned_twin, eval_scenes
+from muse_core.data.shapes import Scene, Shape, eval_scenes, grid_twin
 from muse_core.eval.diagnose import diagnose
 from muse_core.eval.run import rendered
 from muse_core.pipeline import DEFAULT_MODEL_DIR
@@ -27,10 +28,11 @@ def test_boundary_tokens_are_the_patches_an_edge_crosses():
     assert torch.equal(boundary[1], expected)
 
 
-def test_aligned_twins_keep_the_caption_on_the_grid():
+@pytest.mark.parametrize("placement", ["aligned", "slots"])
+def test_grid_twins_keep_the_caption_on_the_grid(placement):
     for scene in [s for s in eval_scenes(40) if s.category == "single"]:
-        twin = aligned_twin(scene)
-        assert twin.caption == scene.caption and twin == aligned_twin(scene)  # seeded
+        twin = grid_twin(scene, placement)
+        assert twin.caption == scene.caption and twin == grid_twin(scene, placement)  # seeded
         assert all(float(edge * 16).is_integer() for edge in twin.shapes[0].box())
 
 
@@ -55,6 +57,7 @@ def test_eval_diagnose_command(tmp_path, capsys):
     assert code == 0, captured.err
     assert "free shapes. Boundary diagnosis: 1 held-out scenes" in captured.out
     assert "aligned shapes. Boundary diagnosis: 1 held-out scenes" in captured.out
+    assert "slots shapes. Boundary diagnosis: 1 held-out scenes" in captured.out
     values = json.loads(out.read_text())
-    assert values["free"]["scenes"] == values["aligned"]["scenes"] == 1
+    assert values["free"]["scenes"] == values["aligned"]["scenes"] == values["slots"]["scenes"] == 1
     assert 0 <= values["aligned"]["boundary_accuracy"] <= 1

@@ -149,10 +149,13 @@ def test_shapes_on_the_grid_lie_on_token_boundaries(placement):
 def test_slots_put_each_shape_near_its_slot():
     scenes = [s for s, _ in training_scenes(400, seed=5, placement="slots")]
     for scene in scenes:
-        slots = SLOTS[len(scene.shapes)] if len(scene.shapes) != 2 else SLOTS[2] + tuple((y, x) for x, y in SLOTS[2])
-        for shape in scene.shapes:
+        vertical = scene.relation in ("above", "below")
+        slots = tuple((y, x) for x, y in SLOTS[2]) if vertical else SLOTS[len(scene.shapes)]
+        if scene.relation in ("right of", "below"):
+            slots = slots[::-1]
+        for shape, (x, y) in zip(scene.shapes, slots, strict=True):
             # an edge moves at most SLOT_JITTER cells, plus half a cell for an odd side's centring
-            assert any(max(abs(shape.cx - x), abs(shape.cy - y)) * TOKEN_GRID <= SLOT_JITTER + 0.5 for x, y in slots)
+            assert max(abs(shape.cx - x), abs(shape.cy - y)) * TOKEN_GRID <= SLOT_JITTER + 0.5, scene
         if scene.relation is not None:  # the first object takes the relation's side
             a, b = scene.shapes
             assert {"left of": a.cx < b.cx, "right of": a.cx > b.cx, "above": a.cy < b.cy,

@@ -72,13 +72,14 @@ def run_eval(args) -> None:
 
 
 def run_diagnosis(pipe, args) -> None:
-    from ..data.shapes import aligned_twin, eval_scenes  # noqa: PLC0415  (see add_eval)
+    from ..data.shapes import eval_scenes, grid_twin  # noqa: PLC0415  (see add_eval)
     from ..eval.diagnose import diagnose  # noqa: PLC0415
     from ..eval.run import select  # noqa: PLC0415
 
     scenes = [scene for scene in select(eval_scenes(), args.limit) if scene.category == "single"]
-    # the held-out scenes as drawn, and with the same captions on the token grid (models trained on aligned shapes)
-    geometries = {"free": scenes, "aligned": [aligned_twin(scene) for scene in scenes]}
+    # the held-out scenes as drawn, and with the same captions placed as in grid training data (data.shapes)
+    geometries = {"free": scenes, **{placement: [grid_twin(scene, placement) for scene in scenes]
+                                     for placement in ("aligned", "slots")}}
     results = {}
     for geometry, chosen in geometries.items():
         results[geometry] = diagnose(pipe, chosen, seed=args.seed, batch_size=args.chunk_size,

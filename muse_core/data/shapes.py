@@ -20,8 +20,9 @@ Geometry is chosen so detection is reliable at 64 px even through a 4x4-pixel VQ
 tokens only, and the tokens a circle's or triangle's edge crosses are fixed by its size in cells. With
 free positions the boundary tokens carry where within 4x4 pixels each edge passes, which a transformer
 cannot know from the rest of the image (docs/evaluation.md, `--diagnose`). ``"slots"`` is aligned and
-also puts each box within SLOT_JITTER cells of a fixed slot (the centre for one object, the two halves
-for two, the quadrants for three or four): with free centres, an all-masked prompt's per-token
+also puts each box within SLOT_JITTER cells of a fixed slot, in the caption's order (the centre for one
+object; left and right halves for two, or top and bottom for "above"/"below"; three in a triangle; four in
+the quadrants): with free centres, an all-masked prompt's per-token
 marginals spread its objects thinly over the whole image, so confidence sampling commits background
 everywhere first and leaves the objects as specks; fixed slots make the first steps sure of where the
 objects are. The held-out scenes stay free: the checker reads captions, not positions.
@@ -73,8 +74,10 @@ TOKEN_GRID = 16  # aligned shapes: boxes of whole cells of this grid
 # Box sides of aligned shapes, in cells, for each free range of sizes (small and large: 1.5x apart).
 ALIGNED_CELLS = {(0.2, 0.45): (4, 5, 6, 7), (0.2, 0.36): (4, 5), (0.2, 0.28): (4,), (0.2, 0.34): (4, 5),
                  SMALL_SIZES: (4,), LARGE_SIZES: (6,)}
-# Slot centres by number of objects (x, y in [0, 1]); a scene takes one row, in an order chosen per scene.
-SLOTS = {1: ((0.5, 0.5),), 2: ((0.25, 0.5), (0.75, 0.5)), 3: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75)),
+# Slot centres by number of objects (x, y in [0, 1]), in the caption's order: the first object named takes the
+# first slot. One row per count, so a caption fixes where each object goes (a choice would split the first
+# steps' marginals between the options again).
+SLOTS = {1: ((0.5, 0.5),), 2: ((0.25, 0.5), (0.75, 0.5)), 3: ((0.25, 0.25), (0.75, 0.25), (0.5, 0.75)),
          4: ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))}
 SLOT_JITTER = 1  # "slots" placement: a box's edges lie up to this many cells from its slot's
 MARGIN = 0.04  # empty border around every shape's box
@@ -206,25 +209,20 @@ def random_centre(rng: random.Random, size: float, placement: str, slot: float =
     return (rng.randint(low, high) + cells / 2) / TOKEN_GRID
 
 
-def slot_row(rng: random.Random, count: int, relation: str | None = None) -> list[tuple[float, float]]:
-    """The slot centres for ``count`` shapes in the order of the shapes: random, or the relation's
-    ("left of": first left, second right; "above": first top, second bottom)."""
-    if relation is not None:
-        horizontal = relation in ("left of", "right of")
-        row = list(SLOTS[2]) if horizontal else [(y, x) for x, y in SLOTS[2]]
-        return row if relation in ("left of", "above") else row[::-1]
-    row = list(SLOTS[count])
-    if count == 2 and rng.random() < 0.5:
-        row = [(y, x) for x, y in row]  # two objects stand side by side or one above the other
-    rng.shuffle(row)
-    return row[:count]
+def slot_row(count: int, relation: str | None = None) -> tuple[tuple[float, float], ...]:
+    """The slot centres for ``count`` shapes, in the shapes' order: SLOTS, or the relation's ("left of": first
+    left, second right; "above": first top, second bottom)."""
+    if relation is None:
+        return SLOTS[count]
+    row = SLOTS[2] if relation in ("left of", "right of") else tuple((y, x) for x, y in SLOTS[2])
+    return row if relation in ("left of", "above") else row[::-1]
 
 
 def place(rng: random.Random, shapes: list[Shape], placement: str = "free", relation: str | None = None,
           attempts: int = 100) -> None:
     """Give the shapes random, well-separated positions (in place), one after another."""
     for _ in range(attempts):
-        slots = slot_row(rng, len(shapes), relation) if placement == "slots" else [(0.5, 0.5)] * len(shapes)
+        slots = slot_row(len(shapes), relation) if placement == "slots" else [(0.5, 0.5)] * len(shapes)
         for index, (shape, (x, y)) in enumerate(zip(shapes, slots)):
             for _ in range(attempts):
                 shape.cx, shape.cy = random_centre(rng, shape.size, placement, x), random_centre(rng, shape.size, placement, y)
@@ -385,15 +383,16 @@ def _eval_scene_dicts() -> tuple[dict, ...]:
     return tuple(scenes)
 
 
-def aligned_twin(scene: Scene, seed: int = 0, attempts: int = 1_000_000) -> Scene:
-    """A scene with ``scene``'s caption whose shapes lie on the token grid: the held-out prompts as a model
-    trained on aligned shapes draws them (``muse eval --diagnose``). Seeded rejection sampling."""
+def grid_twin(scene: Scene, placement: str = "aligned", seed: int = 0, attempts: int = 1_000_000) -> Scene:
+    """A scene with ``scene``'s caption whose shapes are placed by ``placement`` (on the token grid): the
+    held-out prompts as a model trained on such data draws them (``muse eval --diagnose``). Seeded
+    rejection sampling."""
     rng = random.Random(f"{seed}:{scene.caption}")
     for _ in range(attempts):
-        twin = sample_scene(rng, scene.category, "aligned")
+        twin = sample_scene(rng, scene.category, placement)
         if twin.caption == scene.caption:
             return twin
-    raise RuntimeError(f"no aligned scene found for {scene.caption!r} in {attempts} draws.")
+    raise RuntimeError(f"no {placement} scene found for {scene.caption!r} in {attempts} draws.")
 
 
 @functools.cache
