@@ -1,5 +1,6 @@
 """`muse train` end to end on the tiny preset: every stage runs, the folder loads and generates."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 from muse_core.cli import main
 from muse_core.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 from muse_core.rerank import load_clip_scorer
-from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
+from muse_core.training.cascade import PRESETS, super_res_config, train_cascade, transformer_config
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,15 @@ def test_training_again_skips_finished_stages(tiny_cascade, capsys):
 def test_train_refuses_a_missing_data_folder(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "m"), "--quiet"]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_preset_takes_its_reused_stages_from_the_embedded_model(tiny_cascade, tmp_path):
+    preset = dataclasses.replace(PRESETS["tiny"], reused_stages=("vqvae", "reranker"))
+    out = tmp_path / "model"
+    # the tiny cascade's dataset, so that nothing but the copies happens
+    train_cascade(out, tmp_path / "work", preset, data_dir=tiny_cascade.with_name("model.work") / "data",
+                  stages=("vqvae", "reranker"), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["reranker", "vqvae.safetensors"]
+    assert (out / "vqvae.safetensors").read_bytes() == (DEFAULT_MODEL_DIR / "vqvae.safetensors").read_bytes()
+    for file in (DEFAULT_MODEL_DIR / "reranker").iterdir():
+        assert (out / "reranker" / file.name).read_bytes() == file.read_bytes()

@@ -12,13 +12,16 @@ its checkpoint in ``work_dir/<stage>/``):
 With the transformer, the preset's recommended sampling settings go to ``sampling.json``.
 
 The data is any caption folder (see ``training.data``); by default the procedural shapes dataset is
-generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model.
+generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model. A preset may take
+some stages from the embedded model instead of training them (``reused_stages``: e.g. its VQs, which
+tokenise any shapes data alike), so one command retrains only what its recipe changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -29,7 +32,7 @@ from ..loading import load_model
 from ..models.super_res import SuperResConfig, SuperResTransformer
 from ..models.uvit import MaskedTokenUViT, UViTConfig
 from ..models.vq import VQTokenizer
-from ..pipeline import SAMPLING_FILE
+from ..pipeline import DEFAULT_MODEL_DIR, SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
 from .data import CaptionFolder, RandomCrops, TokenDataset, boundary_tokens, collate, encode_images
 from .loop import TrainConfig, setup_distributed, train
@@ -75,6 +78,7 @@ class CascadePreset:
     code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
     boundary_mask_share: float = 0.0  # the base objective's MaskedTokenObjective boundary_mask_share
     image_mean_loss: bool = False  # the base objective's MaskedTokenObjective image_mean_loss
+    reused_stages: tuple[str, ...] = ()  # stages copied from the embedded model (DEFAULT_MODEL_DIR), not trained
 
     @property
     def sr_size(self) -> int:
@@ -117,7 +121,8 @@ PRESETS: dict[str, CascadePreset] = {
 # gate (95% at 2000 steps) on slot data, which puts the objects where the first sampling steps expect them;
 # not yet trained to length, so the shipped model is still the plain `shipped` recipe.
 PRESETS["v2-candidate"] = dataclasses.replace(
-    PRESETS["shipped"], shape_placement="slots", base_grid_res_blocks=1, boundary_mask_share=0.5, image_mean_loss=True,
+    PRESETS["shipped"], shape_placement="slots", base_grid_res_blocks=1,
+    reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
 )
 
 
@@ -163,6 +168,12 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
 
     def done(stage: str) -> bool:
         return stage not in stages or (out_dir / _OUTPUT[stage]).exists()
+
+    for stage in preset.reused_stages:
+        if not done(stage) and world.is_main:
+            _copy_stage(DEFAULT_MODEL_DIR, out_dir, stage)
+    if dist.is_initialized():
+        dist.barrier()
 
     vq_stages = (("vqvae", 4, preset.base_size, preset.vq, preset.vq_patch_consistency, preset.vq_boundary_invariance),
                  ("super_res_vqvae", 8, preset.sr_size, preset.sr_vq, preset.sr_vq_patch_consistency, 0.0))
@@ -213,6 +224,21 @@ _OUTPUT = {
     "vqvae": "vqvae.safetensors", "super_res_vqvae": "super_res_vqvae.safetensors",
     "transformer": "transformer.safetensors", "super_res": "super_res.safetensors", "reranker": "reranker",
 }
+
+
+def _copy_stage(source_dir: Path, out_dir: Path, stage: str) -> None:
+    """Copy a finished stage's file or folder; through a temporary name, so a stopped copy is never taken
+    for a finished stage."""
+    source, target = source_dir / _OUTPUT[stage], out_dir / _OUTPUT[stage]
+    partial = target.with_name(target.name + ".partial")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if partial.is_dir():
+        shutil.rmtree(partial)
+    if source.is_dir():
+        shutil.copytree(source, partial)
+    else:
+        shutil.copyfile(source, partial)
+    partial.replace(target)
 
 
 def _export(objective, world, out_dir: Path, stage: str) -> None:
