@@ -164,9 +164,12 @@ def test_slots_put_each_shape_near_its_slot():
     assert 1 < len(singles) <= (2 * SLOT_JITTER + 1) ** 2 * 2  # jittered, not one fixed spot (7-cell boxes: half-cells)
 
 
-def test_unknown_placement_is_refused():
+def test_unknown_placement_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown placement 'grid'.*free"):
         sample_scene(random.Random(0), "single", "grid")
+    with pytest.raises(ValueError, match="unknown placement 'grid'"):
+        write_dataset(tmp_path / "data", 4, seed=0, placement="grid")
+    assert not (tmp_path / "data").exists()
 
 
 def test_render_looks_the_same_at_every_resolution():

@@ -263,14 +263,18 @@ def possible_backgrounds(shapes: list[Shape]) -> list[str]:
     return [*NEUTRAL_BACKGROUNDS, *(colour for colour in SHAPE_COLOURS if colour not in used)]
 
 
+def check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; choose one of {PLACEMENTS}.")
+
+
 def sample_scene(rng: random.Random, category: str | None = None, placement: str = "free") -> Scene:
     """A random scene of ``category`` (random category if None), with its caption; ``placement``: where the
     shapes go (module docstring)."""
     category = category or rng.choice(CATEGORIES)
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}.")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; choose one of {PLACEMENTS}.")
+    check_placement(placement)
     mentioned = rng.random() < BACKGROUND_MENTION_RATE
     relation, sizes_mentioned = None, False
     if category == "single":
@@ -451,6 +455,7 @@ def write_dataset(folder: str | Path, count: int, seed: int, size: int = 128, pl
     """
     if count < 1:
         raise ValueError(f"count={count}: a dataset needs at least one image.")
+    check_placement(placement)
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []
