@@ -221,8 +221,8 @@ def slot_row(count: int, relation: str | None = None) -> tuple[tuple[float, floa
 def place(rng: random.Random, shapes: list[Shape], placement: str = "free", relation: str | None = None,
           attempts: int = 100) -> None:
     """Give the shapes random, well-separated positions (in place), one after another."""
+    slots = slot_row(len(shapes), relation) if placement == "slots" else [(0.5, 0.5)] * len(shapes)  # unused off slots
     for _ in range(attempts):
-        slots = slot_row(len(shapes), relation) if placement == "slots" else [(0.5, 0.5)] * len(shapes)
         for index, (shape, (x, y)) in enumerate(zip(shapes, slots)):
             for _ in range(attempts):
                 shape.cx, shape.cy = random_centre(rng, shape.size, placement, x), random_centre(rng, shape.size, placement, y)
