@@ -52,9 +52,10 @@ def uvit_inputs(cfg: dict, batch: int = 2, grid: int = 8, text_len: int = 7, see
     return ids, hidden, pooled, micro
 
 
-def tiny_super_res(uvit=TINY_UVIT, layers=2):
+def tiny_super_res(uvit=TINY_UVIT, layers=2, add_lowres_to_tokens=False):
     cfg = SuperResConfig(lowres_codebook_size=32, lowres_hidden_size=64, lowres_num_layers=layers, lowres_num_heads=1,
-                         lowres_intermediate_size=96, transformer=UViTConfig(**uvit))
+                         lowres_intermediate_size=96, add_lowres_to_tokens=add_lowres_to_tokens,
+                         transformer=UViTConfig(**uvit))
     return randomize_(SuperResTransformer(cfg)).eval()
 
 

@@ -5,6 +5,7 @@ from safetensors.torch import save_file
 from muse_core.loading import load_model, save_model
 from muse_core.models.layers import grid_positions
 from muse_core.models.super_res import SuperResTransformer
+from muse_core.models.uvit import upsample_tokens
 
 from .helpers import AMUSED_LIKE_UVIT, TINY_UVIT, tiny_super_res
 
@@ -62,8 +63,35 @@ def test_positions_of_a_finer_grid_are_nearest_the_coarse_cell_under_them(low):
     assert torch.equal(nearest, ((rows // 2) * low + cols // 2).flatten())
 
 
-def test_save_load_and_config_inference(tmp_path):
-    model = tiny_super_res(uvit=AMUSED_LIKE_UVIT)
+def test_upsampled_tokens_repeat_each_coarse_feature_over_the_cells_it_covers():
+    features = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(2, 6, 3)  # [B, 2x3 grid, C]
+    grid = upsample_tokens(features, 4, 6)  # [B, C, 4, 6]
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")
+    under = (rows // 2) * 3 + cols // 2  # the coarse cell under each fine one
+    assert torch.equal(grid, features[:, under].permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="do not tile"):
+        upsample_tokens(features, 5, 6)
+
+
+def test_adding_low_res_to_tokens_is_one_extra_path_off_by_default():
+    """add_lowres_to_tokens adds one projection and nothing else: zeroed, the logits are the plain model's."""
+    plain = tiny_super_res()
+    assert not any("lowres_to_tokens" in key for key in plain.state_dict())  # Muse's keys when off
+    added = tiny_super_res(add_lowres_to_tokens=True)
+    missing = added.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["lowres_to_tokens.weight"]
+    high, low, text, pooled, micro = inputs(added)
+    with torch.no_grad():
+        added.lowres_to_tokens.weight.zero_()
+    torch.testing.assert_close(run(added, high, low, text, pooled, micro), run(plain, high, low, text, pooled, micro))
+    with torch.no_grad():
+        added.lowres_to_tokens.weight.normal_()
+    assert not torch.allclose(run(added, high, low, text, pooled, micro), run(plain, high, low, text, pooled, micro))
+
+
+@pytest.mark.parametrize("add_lowres_to_tokens", [False, True])
+def test_save_load_and_config_inference(tmp_path, add_lowres_to_tokens):
+    model = tiny_super_res(uvit=AMUSED_LIKE_UVIT, add_lowres_to_tokens=add_lowres_to_tokens)
     again = load_model(SuperResTransformer, save_model(model, tmp_path / "sr.safetensors"))
     assert again.config == model.config
     save_file(model.state_dict(), str(tmp_path / "bare.safetensors"))

@@ -8,6 +8,11 @@ micro-conditions) and its MLM head. The low-resolution grid gets fixed 2-D sine-
 model serves any grid size. The high-resolution U-ViT needs positions too (``position_embedding_type="sincos"``
 in its config): aMUSEd's U-ViT has none, so on a fully masked grid every query is the same and cannot pick
 the low-res token under it; the shared positions (fractions of the image side) let it.
+
+``add_lowres_to_tokens`` (ours, off by default): each low-res token's context is also projected to the token
+embedding width and added to the embeddings of the high-res tokens above it, so the model reads its layout
+directly instead of finding it by cross-attention. On the shapes data a small super-res model trained with
+cross-attention alone redrew ground-truth layouts wrongly (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class SuperResConfig(ModelConfig):
     lowres_num_heads: int = 16
     lowres_intermediate_size: int = 2816
     layer_norm_eps: float = 1e-6
+    add_lowres_to_tokens: bool = False  # not in Muse: the low-res context also added under each high-res token
     transformer: UViTConfig = dataclasses.field(default_factory=UViTConfig)
 
     @classmethod
@@ -89,6 +95,9 @@ class SuperResTransformer(TokenPredictor):
         )
         self.lowres_norm = RMSNorm(cfg.lowres_hidden_size, cfg.layer_norm_eps)
         self.lowres_proj = nn.Linear(cfg.lowres_hidden_size, cfg.transformer.encoder_hidden_size, bias=False)
+        if cfg.add_lowres_to_tokens:
+            self.lowres_to_tokens = nn.Linear(cfg.transformer.encoder_hidden_size, cfg.transformer.block_out_channels,
+                                              bias=False)
         self.transformer = MaskedTokenUViT(cfg.transformer)
 
     def encode_lowres(self, lowres_ids: torch.Tensor) -> torch.Tensor:
@@ -118,7 +127,11 @@ class SuperResTransformer(TokenPredictor):
         if encoder_attention_mask is not None:
             lowres_visible = encoder_attention_mask.new_ones(lowres_context.shape[:2])
             mask = torch.cat([encoder_attention_mask, lowres_visible], dim=1)
-        return self.transformer.text_context(context, pooled_text_emb, micro_conds, mask)
+        text = self.transformer.text_context(context, pooled_text_emb, micro_conds, mask)
+        if not self.config.add_lowres_to_tokens:
+            return text
+        bias = self.lowres_to_tokens(lowres_context.to(self.dtype))  # [B, h*w, block_out_channels]
+        return dataclasses.replace(text, token_bias=bias)
 
     def forward(
         self,
@@ -149,5 +162,6 @@ class SuperResTransformer(TokenPredictor):
             lowres_num_layers=count_children(shapes, "lowres_layers"),
             lowres_num_heads=max(1, hidden // HEAD_DIM),
             lowres_intermediate_size=inner,
+            add_lowres_to_tokens="lowres_to_tokens.weight" in shapes,
             transformer=MaskedTokenUViT.infer_config(transformer_shapes),
         )

@@ -14,6 +14,7 @@ Two options of ours, off by default (aMUSEd's layout and state dict): ``position
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import torch
@@ -110,6 +111,9 @@ class TextContext:
     cond: torch.Tensor  # [B, hidden_size]
     mask: torch.Tensor | None  # [B, L] bool, True = attend
     keys_values: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]  # cross-attention module -> (k, v)
+    # [B, h*w, block_out_channels] on a grid `scale` times coarser than the tokens, added under each token
+    # (the super-res model's add_lowres_to_tokens); None: nothing added
+    token_bias: torch.Tensor | None = None
 
 
 class ConvNextBlock(nn.Module):
@@ -206,6 +210,16 @@ class TransformerLayer(nn.Module):
         return x + self.ff(self.norm3(x, text.cond))
 
 
+def upsample_tokens(features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[B, h*w, C]`` features of a grid an integer factor coarser than ``height x width`` -> ``[B, C, height,
+    width]``, each coarse feature repeated over the tokens it covers (nearest neighbour)."""
+    scale = math.isqrt(height * width // features.shape[1])
+    if features.shape[1] * scale * scale != height * width or height % scale or width % scale:
+        raise ValueError(f"{features.shape[1]} low-res tokens do not tile a {height}x{width} grid by an integer factor.")
+    grid = rearrange(features, "b (h w) c -> b c h w", h=height // scale)
+    return grid.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+
+
 class MaskedTokenUViT(TokenPredictor):
     """aMUSEd's base transformer (state-dict compatible with diffusers ``UVit2DModel``)."""
 
@@ -280,6 +294,8 @@ class MaskedTokenUViT(TokenPredictor):
         if self.config.position_embedding_type:
             c, h, w = x.shape[1:]
             x = x + rearrange(grid_positions(h, w, c, x.device).to(x.dtype), "(h w) c -> c h w", h=h)
+        if text.token_bias is not None:
+            x = x + upsample_tokens(text.token_bias, *x.shape[-2:]).to(x.dtype)
         for block in self.grid_in_blocks:
             x = block(x, text.cond)
         x = self.down_block(x, text)
