@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from muse_core.cli import main
+from muse_core.loading import load_model
+from muse_core.models.vq import VQTokenizer
 from muse_core.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 from muse_core.rerank import load_clip_scorer
 from muse_core.training.cascade import PRESETS, super_res_config, train_cascade, transformer_config
@@ -41,7 +43,8 @@ def test_shipped_preset_builds_the_embedded_models_architectures():
     """`muse train` (preset shipped) must reproduce the embedded model, so their configs must agree."""
     preset, pipe = PRESETS["shipped"], load_pipeline(DEFAULT_MODEL_DIR)
     grid = preset.base_size // pipe.vq.downsample_factor
-    assert pipe.transformer.config == transformer_config(preset, grid, preset.layers, preset.base_positions)
+    assert pipe.transformer.config == transformer_config(preset, grid, preset.layers, preset.base_positions,
+                                                         preset.base_grid_res_blocks)
     assert pipe.super_res.config == super_res_config(preset, preset.sr_size // pipe.super_res_vq.downsample_factor)
     assert pipe.text_encoder.model.config.d_model == preset.text_width
     assert json.loads((DEFAULT_MODEL_DIR / "sampling.json").read_text()) == preset.sampling
@@ -65,13 +68,21 @@ def test_train_refuses_a_missing_data_folder(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
-def test_a_preset_takes_its_reused_stages_from_the_embedded_model(tiny_cascade, tmp_path):
+def test_a_preset_takes_its_reused_stages_from_the_embedded_model(tmp_path):
     preset = dataclasses.replace(PRESETS["tiny"], reused_stages=("vqvae", "reranker"))
     out = tmp_path / "model"
-    # the tiny cascade's dataset, so that nothing but the copies happens
-    train_cascade(out, tmp_path / "work", preset, data_dir=tiny_cascade.with_name("model.work") / "data",
-                  stages=("vqvae", "reranker"), progress=False)
+    train_cascade(out, tmp_path / "work", preset, stages=("vqvae", "reranker"), progress=False)  # generated shapes
     assert sorted(p.name for p in out.iterdir()) == ["reranker", "vqvae.safetensors"]
     assert (out / "vqvae.safetensors").read_bytes() == (DEFAULT_MODEL_DIR / "vqvae.safetensors").read_bytes()
     for file in (DEFAULT_MODEL_DIR / "reranker").iterdir():
         assert (out / "reranker" / file.name).read_bytes() == file.read_bytes()
+
+
+def test_reused_stages_are_trained_on_a_data_folder(tiny_cascade, tmp_path):
+    """The embedded VQs know the shapes only: on the user's own data every stage is trained."""
+    preset = dataclasses.replace(PRESETS["tiny"], reused_stages=("vqvae",))
+    out = tmp_path / "model"
+    train_cascade(out, tmp_path / "work", preset, data_dir=tiny_cascade.with_name("model.work") / "data",
+                  stages=("vqvae",), progress=False)
+    assert (out / "vqvae.safetensors").read_bytes() != (DEFAULT_MODEL_DIR / "vqvae.safetensors").read_bytes()
+    assert load_model(VQTokenizer, out / "vqvae.safetensors").config.num_vq_embeddings == preset.codebook_size

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))  # `python tools/make_example_lora.py` puts only t
 
 from muse_core import cli  # noqa: E402  (after sys.path.insert)
 from muse_core.data.shapes import render, training_scenes  # noqa: E402  (after sys.path.insert)
+from muse_core.training.cascade import PRESETS  # noqa: E402  (after sys.path.insert)
 
 OUT = ROOT / "example_inputs" / "muse_example_lora.safetensors"
 BACKGROUND = "navy"
@@ -36,7 +37,8 @@ def write_data(folder: Path) -> list[str]:
     """The training images and captions (captions.jsonl): scenes on ``BACKGROUND``, captions without it."""
     (folder / "images").mkdir(parents=True)
     records = []
-    for scene, _ in training_scenes(4000, SEED):
+    # laid out as the embedded model's own training data, so that the LoRA learns the background only
+    for scene, _ in training_scenes(4000, SEED, PRESETS["shipped"].shape_placement):
         if scene.background != BACKGROUND:
             continue
         scene = scene.replace(background_mentioned=False)

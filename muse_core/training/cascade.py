@@ -12,9 +12,9 @@ its checkpoint in ``work_dir/<stage>/``):
 With the transformer, the preset's recommended sampling settings go to ``sampling.json``.
 
 The data is any caption folder (see ``training.data``); by default the procedural shapes dataset is
-generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model. A preset may take
-some stages from the embedded model instead of training them (``reused_stages``: e.g. its VQs, which
-tokenise any shapes data alike), so one command retrains only what its recipe changes.
+generated into ``work_dir/data``. ``PRESETS["shipped"]`` is the embedded default model. On that generated
+data a preset may take some stages from the embedded model instead of training them (``reused_stages``: e.g.
+its VQs, which tokenise any shapes data alike), so one command retrains only what its recipe changes.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ class CascadePreset:
     code_weight_power: float = 0.0  # the base objective weighs each code by frequency^-power (balanced_code_weights)
     boundary_mask_share: float = 0.0  # the base objective's MaskedTokenObjective boundary_mask_share
     image_mean_loss: bool = False  # the base objective's MaskedTokenObjective image_mean_loss
-    reused_stages: tuple[str, ...] = ()  # stages copied from the embedded model (DEFAULT_MODEL_DIR), not trained
+    sr_add_lowres_to_tokens: bool = False  # the super-res model's SuperResConfig add_lowres_to_tokens
+    # stages copied from the embedded model (DEFAULT_MODEL_DIR) instead of trained, when the data is the
+    # generated shapes dataset (its VQs tokenise any shapes data alike); with a data folder, all are trained
+    reused_stages: tuple[str, ...] = ()
 
     @property
     def sr_size(self) -> int:
@@ -86,8 +89,9 @@ class CascadePreset:
 
 
 PRESETS: dict[str, CascadePreset] = {
-    # The embedded default model (muse_core/default_model): 64 px base -> 128 px super-res.
-    "shipped": CascadePreset(
+    # The first embedded model (2026-11): 64 px base -> 128 px super-res on free-placement shapes. The
+    # embedded model still uses its two VQs and its reranker (``shipped`` reuses them).
+    "v1": CascadePreset(
         base_size=64, dataset_size=20_000, codebook_size=256, vq_channels=32, text_width=192, text_layers=2,
         width=192, layers=4, sr_layers=2, lowres_width=128, lowres_layers=1, clip_width=128, clip_layers=2,
         vq=TrainConfig(steps=2400, batch_size=16, lr=1e-3, warmup_steps=50, checkpoint_every=200),
@@ -114,16 +118,17 @@ PRESETS: dict[str, CascadePreset] = {
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, shape_placement="slots", base_grid_res_blocks=1,
         code_weight_power=0.5, vq_boundary_invariance=1.0, boundary_mask_share=0.5,
-        image_mean_loss=True,
+        image_mean_loss=True, sr_add_lowres_to_tokens=True,
     ),
 }
-# The next embedded model's recipe (docs/evaluation.md, 2026-12-03): the options that passed the boundary-infill
-# gate (95% at 2000 steps) on slot data, which puts the objects where the first sampling steps expect them;
-# its 4000-step base scores 30.8% (shipped v1: 11.7%); not shipped yet (its super-res is not retrained).
-PRESETS["v2-candidate"] = dataclasses.replace(
-    PRESETS["shipped"], shape_placement="slots", base_grid_res_blocks=1,
-    transformer=dataclasses.replace(PRESETS["shipped"].transformer, steps=4000),
+# The embedded default model (muse_core/default_model, v2, 2026-12-03): v1's sizes, VQs and reranker, on slot
+# data, which puts the objects where the first sampling steps expect them, with the options that passed the
+# boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
+PRESETS["shipped"] = dataclasses.replace(
+    PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
+    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=4000),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
+    sr_add_lowres_to_tokens=True,
 )
 
 
@@ -145,7 +150,7 @@ def super_res_config(preset: CascadePreset, grid: int) -> SuperResConfig:
     return SuperResConfig(
         lowres_codebook_size=preset.codebook_size, lowres_hidden_size=preset.lowres_width,
         lowres_num_layers=preset.lowres_layers, lowres_num_heads=max(1, preset.lowres_width // 64),
-        lowres_intermediate_size=3 * preset.lowres_width,
+        lowres_intermediate_size=3 * preset.lowres_width, add_lowres_to_tokens=preset.sr_add_lowres_to_tokens,
         transformer=transformer_config(preset, grid, preset.sr_layers, position_embedding_type="sincos"),
     )
 
@@ -159,6 +164,7 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         raise ValueError(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}.")
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     world = setup_distributed()
+    reused_stages = preset.reused_stages if data_dir is None else ()  # the embedded VQs know shapes only
     data_dir = Path(data_dir) if data_dir is not None else _shapes_dataset(work_dir / "data", preset, seed, world)
     base_images = CaptionFolder(data_dir, preset.base_size)
     captions = base_images.captions()
@@ -170,7 +176,7 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
     def done(stage: str) -> bool:
         return stage not in stages or (out_dir / _OUTPUT[stage]).exists()
 
-    for stage in preset.reused_stages:
+    for stage in reused_stages:
         if not done(stage) and world.is_main:
             _copy_stage(DEFAULT_MODEL_DIR, out_dir, stage)
     if dist.is_initialized():
