@@ -146,7 +146,8 @@ def api_workflow(name: str) -> dict:
 
 def test_lora_workflow_paints_the_example_loras_navy_backgrounds(nodes, core):
     """The example LoRA (tools/make_example_lora.py) learnt navy backgrounds; the workflow's prompt names none:
-    every image of the workflow has navy corners, and none has them at strength 0 (the base model's choice)."""
+    every image of the workflow has navy corners; at strength 0 (the base model's own choice of background, navy
+    being one of the neutral five and of any colour the shapes leave free) at most one of the four has."""
     navy = torch.tensor(PALETTE["navy"]) / 255
     prompt = api_workflow("muse_lora")
     del prompt["5"]  # Save Image
@@ -156,7 +157,7 @@ def test_lora_workflow_paints_the_example_loras_navy_backgrounds(nodes, core):
         images = run_api(prompt, mappings, cache)["4"]["result"][1]  # [B, H, W, 3]
         corners = torch.cat([images[:, :6, :6].flatten(1, 2), images[:, -6:, -6:].flatten(1, 2)], 1).mean(1)
         share[strength] = ((corners - navy).norm(dim=1) < 0.15).float().mean().item()
-    assert share == {1.0: 1.0, 0.0: 0.0}, share
+    assert share[1.0] == 1.0 and share[0.0] <= 0.25, share
 
 
 @pytest.mark.parametrize("workflow, node, name, value", [

@@ -126,7 +126,7 @@ PRESETS: dict[str, CascadePreset] = {
 # boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
 PRESETS["shipped"] = dataclasses.replace(
     PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
-    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=4000),
+    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=6000),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
 )
