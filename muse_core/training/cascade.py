@@ -121,12 +121,12 @@ PRESETS: dict[str, CascadePreset] = {
         image_mean_loss=True, sr_add_lowres_to_tokens=True,
     ),
 }
-# The embedded default model (muse_core/default_model, v2, 2026-12-03): v1's sizes, VQs and reranker, on slot
+# The embedded default model (muse_core/default_model, v3, 2026-12-03): v1's sizes, VQs and reranker, on slot
 # data, which puts the objects where the first sampling steps expect them, with the options that passed the
 # boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
 PRESETS["shipped"] = dataclasses.replace(
     PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
-    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=6000),
+    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=10000),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
 )
