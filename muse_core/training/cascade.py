@@ -121,7 +121,7 @@ PRESETS: dict[str, CascadePreset] = {
         image_mean_loss=True, sr_add_lowres_to_tokens=True,
     ),
 }
-# The embedded default model (muse_core/default_model, v3, 2026-12-03): v1's sizes, VQs and reranker, on slot
+# The embedded default model (muse_core/default_model, v2, base at 10000 steps, 2026-12-03): v1's sizes, VQs and reranker, on slot
 # data, which puts the objects where the first sampling steps expect them, with the options that passed the
 # boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
 PRESETS["shipped"] = dataclasses.replace(
