@@ -14,7 +14,9 @@ Folder layout (diffusers' aMUSEd layout and Meissonic's hub layout, plus the Mus
     reranker/           optional: a CLIP model (vision + text) to rank candidates by prompt match
     sampling.json       optional: the sampling settings the model is meant to be used with (fields of
                         ``SamplingOptions``, e.g. {"guidance_scale": 3.0, "temperature": [0.5, 0.0]});
-                        above the family's own (Meissonic: 48 steps, guidance 9) and aMUSEd's defaults
+                        above the family's own (Meissonic: 48 steps, guidance 9) and aMUSEd's defaults.
+                        An optional "super_res" object holds the super-res stage's own fields, over the
+                        others (e.g. {"guidance_scale": 1.0}: guidance there drops objects of the base image)
 
 Any component folder may also be a single self-describing ``.safetensors`` file saved by
 ``muse_core.loading.save_model`` (e.g. ``transformer.safetensors`` instead of ``transformer/``).
@@ -39,6 +41,7 @@ from .models.vq import VQTokenizer
 from .sampling.sampler import SamplingOptions
 
 SAMPLING_FILE = "sampling.json"
+SUPER_RES_SECTION = "super_res"  # the sampling.json object with the super-res stage's settings
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 RERANKER_FOLDER = "reranker"  # optional: a full CLIP model for best-of-K reranking (muse_core.rerank)
 
@@ -54,11 +57,16 @@ class MusePipeline:
     super_res: SuperResTransformer | None = None
     super_res_vq: VQTokenizer | None = None  # the super-res grid's VQ; set to ``vq`` when the folder has none
     sampling: dict = dataclasses.field(default_factory=dict)  # the recommended settings (see load_pipeline)
+    super_res_sampling: dict = dataclasses.field(default_factory=dict)  # the super-res stage's
 
     def sampling_options(self, **values) -> SamplingOptions:
         """``SamplingOptions`` from ``values``, the model's recommended settings where a value is None or
         missing, and aMUSEd's defaults for the rest."""
-        return SamplingOptions(**(self.sampling | {k: v for k, v in values.items() if v is not None}))
+        return options_over(self.sampling, values)
+
+    def super_res_sampling_options(self, **values) -> SamplingOptions:
+        """As ``sampling_options``, with the super-res stage's recommended settings."""
+        return options_over(self.super_res_sampling, values)
 
     def __post_init__(self):
         if self.super_res is not None and self.super_res_vq is None:
@@ -88,6 +96,11 @@ class MusePipeline:
         """The pixel size the super-res stage makes of a ``width`` x ``height`` base image."""
         return super_resolved_size(width, height, self.vq.downsample_factor, self.super_res_grid_scale,
                                    self.super_res_vq.downsample_factor)
+
+
+def options_over(recommended: dict, values: dict) -> SamplingOptions:
+    """``values`` where not None, then ``recommended``, then aMUSEd's defaults."""
+    return SamplingOptions(**(recommended | {k: v for k, v in values.items() if v is not None}))
 
 
 def _component(folder: Path, name: str) -> Path | None:
@@ -174,16 +187,21 @@ def load_pipeline(
         text_path, tokenizer_path=tokenizer or _component(folder, "tokenizer"), dtype=text_dtype or dtype, **common
     )
     super_res = super_res_vq = None
+    super_res_sampling = {}
     if (path := _component(folder, "super_res")) is not None:
         super_res = load_model(SuperResTransformer, path, dtype=dtype, attention=attention, **common)
+        super_res_sampling = recommended_sampling(super_res, folder)
         if (vq_path := _component(folder, "super_res_vqvae")) is not None:
             super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
-    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, recommended_sampling(transformer, folder))
+    return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, recommended_sampling(transformer, folder),
+                        super_res_sampling)
 
 
 def recommended_sampling(model, folder: Path) -> dict:
-    """The settings a model is meant to be sampled with: its family's, under its folder's ``sampling.json``."""
-    return model.sampling_defaults | read_sampling_defaults(folder)
+    """The settings a model is meant to be sampled with: its family's, under its folder's ``sampling.json``
+    (for a super-res transformer, that file's super-res settings over the rest)."""
+    stage = "super_res" if isinstance(model, SuperResTransformer) else "base"
+    return model.sampling_defaults | read_sampling_defaults(folder, stage)
 
 
 def check_scheduler_config(folder: Path, transformer) -> None:
@@ -201,20 +219,33 @@ def check_scheduler_config(folder: Path, transformer) -> None:
         )
 
 
-def read_sampling_defaults(folder: Path) -> dict:
-    """The folder's ``sampling.json`` as SamplingOptions fields (checked); {} when there is none."""
+def read_sampling_defaults(folder: Path, stage: str = "base") -> dict:
+    """The folder's ``sampling.json`` as SamplingOptions fields (checked) for the base transformer, or with
+    ``stage="super_res"`` for the super-res stage (its section over the base fields); {} when there is none."""
+    if stage not in ("base", "super_res"):
+        raise ValueError(f"stage must be 'base' or 'super_res', got {stage!r}.")
     path = folder / SAMPLING_FILE
     if not path.is_file():
         return {}
     fix = "Fix or delete the file (it only sets sampling defaults)."
     values = read_json(path, fix)
+    section = values.pop(SUPER_RES_SECTION, {})
     try:
-        fields = {field.name for field in dataclasses.fields(SamplingOptions)} - {"seed"}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown settings {unknown}; allowed: {sorted(fields)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        SamplingOptions(**values)
+        if not isinstance(section, dict):
+            raise ValueError(f'"{SUPER_RES_SECTION}" must be an object of settings, got {section!r}')
+        base, super_res = checked_sampling_fields(values), checked_sampling_fields(section, f"{SUPER_RES_SECTION}: ")
+        SamplingOptions(**(base | super_res))
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: {error}. {fix}") from None
+    return base | super_res if stage == "super_res" else base
+
+
+def checked_sampling_fields(values: dict, where: str = "") -> dict:
+    """JSON settings as SamplingOptions fields (lists -> tuples), each checked; raises ValueError/TypeError."""
+    fields = {field.name for field in dataclasses.fields(SamplingOptions)} - {"seed"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{where}unknown settings {unknown}; allowed: {sorted(fields)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    SamplingOptions(**values)
     return values

@@ -71,7 +71,8 @@ class MuseModelLoader:
             wrap(pipe.transformer, "transformer", "unet", pipe.sampling),
             wrap(pipe.vq, "VQ", "vae"),
             wrap(pipe.text_encoder, "text encoder", "text_encoder"),
-            wrap(pipe.super_res, "super-res transformer", "unet", pipe.sampling, lowres_vq=pipe.vq.fingerprint),
+            wrap(pipe.super_res, "super-res transformer", "unet", pipe.super_res_sampling,
+                 lowres_vq=pipe.vq.fingerprint),
             wrap(pipe.super_res_vq, "super-res VQ", "vae"),
         )
 

@@ -110,6 +110,20 @@ def test_generate_with_reranking_and_super_resolution(cascade, tmp_path, capsys)
     assert captured.out.count("best of 2") == 2
 
 
+def test_super_res_uses_its_stages_settings_unless_a_flag_is_given(cascade, tmp_path, capsys, monkeypatch):
+    (cascade / "sampling.json").write_text('{"guidance_scale": 3.0, "super_res": {"guidance_scale": 1.5}}')
+    used = []  # (guidance of the base, of the super-res stage) per run
+    for name in ("generate", "super_resolve"):
+        real = getattr(cli.generate, name)
+        monkeypatch.setattr(cli.generate, name, lambda *a, real=real, **k: used.append(k["options"].guidance_scale)
+                            or real(*a, **k))
+    for flags in ((), ("--guidance", 2)):
+        code, captured = run(["generate", "a cat", "--model", cascade, *FAST, "--sr", "--sr-steps", 2, *flags,
+                              "-o", tmp_path / "x.png", "--overwrite"], capsys)
+        assert code == 0, captured.err
+    assert used == [3.0, 1.5, 2.0, 2.0]
+
+
 def test_inpaint_keeps_pixels_outside_the_mask(model, tmp_path, capsys):
     image = write_image(tmp_path / "photo.png")
     mask = np.zeros((16, 16), np.uint8)

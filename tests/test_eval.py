@@ -84,6 +84,7 @@ def tiny_scorer(tmp_path):
 
 
 def test_evaluate_end_to_end(tiny_pipe, tiny_scorer):
+    tiny_pipe.super_res_sampling = {"guidance_scale": 1.5}  # the super-res stage's own recommended guidance
     report = evaluate(tiny_pipe, tiny_scorer, limit=1, best_of=2, edit_iterations=2, progress=False)
     assert [row.key for row in report.rows] == list(SETTINGS)
     for row in report.rows:
@@ -96,7 +97,10 @@ def test_evaluate_end_to_end(tiny_pipe, tiny_scorer):
     assert rows["inpaint"].accuracy["single"] is None
     assert rows["inpaint"].extra["changed_pixels_outside_mask"] == 0
     assert 0 <= rows["best_of"].extra["oracle (any of the samples)"] <= 1
-    assert rows["super_res"].note == "checked at 32 px"
+    assert rows["super_res"].note == "checked at 32 px; super-res guidance 1.5"
+    assert report.guidance_scale == 10.0  # the base rows': aMUSEd's default (this pipeline has no sampling.json)
+    (given,) = evaluate(tiny_pipe, settings=["super_res"], limit=1, guidance_scale=2.0, progress=False).rows
+    assert given.note == "checked at 32 px; super-res guidance 2"  # a given guidance is every guided row's
     table = format_table(report)
     assert all(row.label in table for row in report.rows) and table.count("\n") == len(SETTINGS) + 3
     json.dumps(report.to_dict())

@@ -446,7 +446,10 @@ def test_missing_super_res_stage_and_foreign_text_encoder(nodes, embedded, condi
 def test_sampling_from_model_uses_the_loaded_models_sampling_json(nodes, embedded, conditioning):
     recommended = json.loads((DEFAULT_MODEL_DIR / "sampling.json").read_text())
     recommended["temperature"] = tuple(recommended["temperature"])  # as SamplingOptions takes it
-    assert embedded[0].sampling == recommended and embedded[3].sampling == recommended
+    super_res = recommended | recommended.pop("super_res")  # the super-res stage's settings over the others
+    assert embedded[0].sampling == recommended and embedded[3].sampling == super_res
+    (single_super_res,) = nodes["MuseSuperResLoader"]().load("embedded/super_res.safetensors", "auto", "auto", "auto")
+    assert single_super_res.sampling == super_res
     from_model, _ = sample(nodes, embedded, conditioning, sampling_from="model", seed=3)  # widgets: aMUSEd's
     by_hand, _ = sample(nodes, embedded, conditioning, seed=3, steps=recommended["steps"],
                         guidance=recommended["guidance_scale"], temperature_start=recommended["temperature"][0],

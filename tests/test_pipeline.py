@@ -7,8 +7,9 @@ import torch
 from diffusers import VQModel
 
 from muse_core import CheckpointError, load_pipeline, save_model
+from muse_core.pipeline import read_sampling_defaults
 
-from .helpers import CLIP_LENGTH, PIPE_UVIT, TINY_UVIT, TINY_VQ, uvit_inputs
+from .helpers import CLIP_LENGTH, PIPE_UVIT, TINY_UVIT, TINY_VQ, tiny_super_res, uvit_inputs
 from .reference import clip_reference, randomize_
 
 
@@ -63,8 +64,23 @@ def test_sampling_json_sets_the_models_recommended_settings(amused_folder):
     assert pipe.sampling_options(guidance_scale=1.0).guidance_scale == 1.0  # a given value wins
 
 
+def test_sampling_json_super_res_section_applies_to_that_stage_only(amused_folder):
+    folder, *_ = amused_folder
+    (folder / "sampling.json").write_text('{"guidance_scale": 3.0, "steps": 24, "super_res": {"guidance_scale": 1.0}}')
+    assert read_sampling_defaults(folder) == {"guidance_scale": 3.0, "steps": 24}
+    assert read_sampling_defaults(folder, "super_res") == {"guidance_scale": 1.0, "steps": 24}
+    save_model(tiny_super_res(uvit={**PIPE_UVIT, "sample_size": 16}), folder / "super_res.safetensors")
+    pipe = load_pipeline(folder)
+    assert pipe.sampling_options().guidance_scale == 3.0
+    assert pipe.super_res_sampling_options().guidance_scale == 1.0
+    assert pipe.super_res_sampling_options(guidance_scale=2.0).guidance_scale == 2.0  # a given value wins
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"guidance": 3}', r"unknown settings \['guidance'\]"),
+    ('{"super_res": {"guidance": 1}}', r"super_res: unknown settings \['guidance'\]"),
+    ('{"super_res": 1}', '"super_res" must be an object'),
+    ('{"super_res": {"steps": 0}}', "steps must be from 1 to 1000"),
     ('{"steps": 0}', "steps must be from 1 to 1000"),
     ("[3]", "JSON object"),
     ("{oops", "Expecting property name"),

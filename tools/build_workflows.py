@@ -26,7 +26,8 @@ PROMPT = "two red circles on a blue background"
 # the embedded model's recommended settings come from its sampling.json (the samplers' sampling_from input)
 # The widgets show the same values (read from sampling.json, not copied), so the graph does not contradict itself.
 EMBEDDED_SAMPLING = {"sampling_from": "model", **decoding_widget_values(read_sampling_defaults(DEFAULT_MODEL_DIR))}
-EMBEDDED_SUPER_RES_SAMPLING = {k: v for k, v in EMBEDDED_SAMPLING.items() if k != "steps"}  # its own steps widget
+EMBEDDED_SUPER_RES_SAMPLING = {"sampling_from": "model", **{  # the super-res stage's settings; its own steps widget
+    k: v for k, v in decoding_widget_values(read_sampling_defaults(DEFAULT_MODEL_DIR, "super_res")).items() if k != "steps"}}
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",

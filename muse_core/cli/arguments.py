@@ -146,12 +146,14 @@ def add_input_image_options(parser: argparse.ArgumentParser) -> None:
                         help="resize inputs to the nearest multiple of the VQ factor instead of refusing them")
 
 
-def sampling_options(args, pipe: MusePipeline, mask_schedule: str | None = None) -> SamplingOptions:
+def sampling_options(args, pipe: MusePipeline, mask_schedule: str | None = None, super_res: bool = False,
+                     steps: int | None = None) -> SamplingOptions:
     """The command line's settings; where a flag is not given, the command's own ``mask_schedule``, then the
-    model's recommended settings, then aMUSEd's."""
-    return pipe.sampling_options(steps=args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
-                                 mask_schedule=args.mask_schedule or mask_schedule, temperature=args.temperature,
-                                 token_temperature=args.token_temperature, seed=args.seed)
+    model's recommended settings (with ``super_res``: its super-res stage's, for ``steps`` steps), then aMUSEd's."""
+    recommended = pipe.super_res_sampling_options if super_res else pipe.sampling_options
+    return recommended(steps=steps or args.steps, guidance_scale=args.guidance, guidance_schedule=args.guidance_schedule,
+                       mask_schedule=args.mask_schedule or mask_schedule, temperature=args.temperature,
+                       token_temperature=args.token_temperature, seed=args.seed)
 
 
 # ---- checks made before any model is loaded, and loading ----

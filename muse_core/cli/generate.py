@@ -103,7 +103,7 @@ def super_resolve_each(pipe: MusePipeline, ids: torch.Tensor, seeds: list[int], 
     images = []
     with tqdm(total=args.sr_steps * len(ids), desc="super-resolving", unit="step", disable=args.quiet) as bar:
         for lowres, seed in zip(ids, seeds):
-            options = dataclasses.replace(sampling_options(args, pipe), steps=args.sr_steps, seed=seed)
+            options = dataclasses.replace(sampling_options(args, pipe, super_res=True, steps=args.sr_steps), seed=seed)
             high = super_resolve(pipe.super_res, pipe.text_encoder, lowres[None], prompt,
                                  grid_scale=pipe.super_res_grid_scale, downsample_factor=vq.downsample_factor,
                                  negative_prompt=args.negative, options=options,

@@ -140,17 +140,19 @@ class Runner:
 class Evaluator:
     """Runs one setting at a time over batches of scenes; keeps the steps12 ids for the super-res row."""
 
-    def __init__(self, pipe, scorer, size: int, seed: int, guidance_scale: float, batch_size: int,
+    def __init__(self, pipe, scorer, size: int, seed: int, guidance_scale: float | None, batch_size: int,
                  edit_iterations: int, progress: bool):
         self.pipe, self.scorer, self.size, self.seed = pipe, scorer, size, seed
         self.guidance_scale, self.batch_size = guidance_scale, batch_size
         self.edit_iterations, self.progress = edit_iterations, progress
         self.base_ids: dict[int, torch.Tensor] = {}  # scene position -> steps12 ids [h, w]
 
-    def options(self, setting: Setting, first_seed: int, **overrides) -> SamplingOptions:
-        guidance = self.guidance_scale if setting.guided else 1.0
+    def options(self, setting: Setting, first_seed: int, super_res: bool = False, **overrides) -> SamplingOptions:
+        """The setting's options over the model's recommended ones (with ``super_res``: its super-res stage's)."""
+        guidance = self.guidance_scale if setting.guided else 1.0  # None: the recommended guidance
         values = dict(steps=setting.steps, guidance_scale=guidance, seed=first_seed) | overrides
-        return self.pipe.sampling_options(**values)
+        recommended = self.pipe.super_res_sampling_options if super_res else self.pipe.sampling_options
+        return recommended(**values)
 
     def batches(self, setting: Setting, scenes: list[Scene]):
         """Yields (positions, scenes) batches of at most batch_size images, with a progress bar."""
@@ -211,11 +213,11 @@ class Evaluator:
             low = self.generate_ids(setting, positions, prompts)
         pipe = self.pipe
         vq = pipe.super_res_vq
-        options = self.options(setting, self.seed + positions[0], steps=SUPER_RES_STEPS)
+        options = self.options(setting, self.seed + positions[0], super_res=True, steps=SUPER_RES_STEPS)
         high = super_resolve(pipe.super_res, pipe.text_encoder, low.to(pipe.super_res.device), prompts,
                              grid_scale=pipe.super_res_grid_scale, downsample_factor=vq.downsample_factor, options=options)
         images = vq.decode(high).cpu()
-        row.note = f"checked at {images.shape[-1]} px"
+        row.note = f"checked at {images.shape[-1]} px; super-res guidance {options.guidance_scale:g}"
         return [check(channels_last(image), scene).passed for image, scene in zip(images, scenes)]
 
     def run_inpaint(self, setting, positions, scenes, row, side_passes) -> list[bool]:
@@ -265,9 +267,9 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
 
     scenes: default ``eval_scenes()``; limit: the first N per category (quick runs); settings: keys of
     ``SETTINGS`` (default all); size: base image side (default: the transformer's native size);
-    guidance_scale: default the model's (``pipe.sampling_options()``); scorer: a ClipScorer for the best_of
-    row (skipped if None); best_of: samples per prompt in that row; edit_iterations: of mask-free editing
-    (Muse: 100).
+    guidance_scale: every guided row's (default: the model's recommended one; in the super_res row, its super-res
+    stage's); scorer: a ClipScorer for the best_of row (skipped if None); best_of: samples per prompt in that row;
+    edit_iterations: of mask-free editing (Muse: 100).
     """
     settings = list(SETTINGS) if settings is None else list(settings)
     unknown = [key for key in settings if key not in SETTINGS]
@@ -277,7 +279,6 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     scenes = select(eval_scenes() if scenes is None else scenes, limit)
     size = size or pipe.native_size
-    guidance_scale = pipe.sampling_options(guidance_scale=guidance_scale).guidance_scale
     evaluator = Evaluator(pipe, scorer, size, seed, guidance_scale, batch_size, edit_iterations, progress)
     # steps12 first (in table order otherwise), so super_res reuses its base images
     order = sorted(settings, key=lambda key: key != "steps12")
@@ -288,5 +289,6 @@ def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size
         chosen["best_of"] = dataclasses.replace(chosen["best_of"], label=f"12 steps, best of {best_of} by CLIP",
                                                 samples=best_of)
     rows = {key: evaluator.run(setting, scenes) for key, setting in chosen.items()}
-    return EvalReport([rows[key] for key in settings], size, seed, guidance_scale)
+    base_guidance = pipe.sampling_options(guidance_scale=guidance_scale).guidance_scale
+    return EvalReport([rows[key] for key in settings], size, seed, base_guidance)
 
