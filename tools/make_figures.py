@@ -18,7 +18,6 @@ the Meissonic workflows need weights the repository does not hold, so theirs is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import textwrap
 import time
@@ -70,7 +69,7 @@ def sample(pipe, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     ids = generate(pipe.transformer, pipe.text_encoder, prompt, height=size, width=size,
                    downsample_factor=pipe.vq.downsample_factor, options=options)
     base = pipe.vq.decode(ids)[0]
-    sr_options = dataclasses.replace(options, steps=SUPER_RES_STEPS)
+    sr_options = pipe.super_res_sampling_options(seed=SEED, steps=SUPER_RES_STEPS)
     high = super_resolve(pipe.super_res, pipe.text_encoder, ids, prompt, grid_scale=pipe.super_res_grid_scale,
                          downsample_factor=pipe.super_res_vq.downsample_factor, options=sr_options)
     return base, pipe.super_res_vq.decode(high)[0]
