@@ -129,8 +129,9 @@ PRESETS["shipped"] = dataclasses.replace(
     transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=10000),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
-    # super-res without guidance: at guidance 3 it dropped objects of the base image (docs/evaluation.md)
-    sampling=PRESETS["v1"].sampling | {"super_res": {"guidance_scale": 1.0}},
+    # super-res without guidance and at a low token temperature: at the base's settings it dropped objects of
+    # the base image (docs/evaluation.md)
+    sampling=PRESETS["v1"].sampling | {"super_res": {"guidance_scale": 1.0, "token_temperature": 0.1}},
 )
 
 
