@@ -121,17 +121,18 @@ PRESETS: dict[str, CascadePreset] = {
         image_mean_loss=True, sr_add_lowres_to_tokens=True,
     ),
 }
-# The embedded default model (muse_core/default_model, v2, base at 10000 steps, 2026-12-03): v1's sizes, VQs and reranker, on slot
+# The embedded default model (muse_core/default_model, v2, base at 16000 steps, 2026-12-03): v1's sizes, VQs and reranker, on slot
 # data, which puts the objects where the first sampling steps expect them, with the options that passed the
 # boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
 PRESETS["shipped"] = dataclasses.replace(
     PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
-    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=10000),
+    transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=16000),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
-    # super-res without guidance and at a low token temperature: at the base's settings it dropped objects of
-    # the base image (docs/evaluation.md)
-    sampling=PRESETS["v1"].sampling | {"super_res": {"guidance_scale": 1.0, "token_temperature": 0.1}},
+    # token temperature 0.1 (v1's 0.5 left specks that failed README's prompt at 5 of 10 seeds); super-res
+    # without guidance: at guidance 3 it dropped objects of the base image (docs/evaluation.md)
+    sampling=PRESETS["v1"].sampling | {"token_temperature": 0.1,
+                                       "super_res": {"guidance_scale": 1.0, "token_temperature": 0.1}},
 )
 
 
