@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from muse_core.cli import main
 from muse_core.loading import load_model
@@ -13,6 +14,7 @@ from muse_core.models.vq import VQTokenizer
 from muse_core.pipeline import DEFAULT_MODEL_DIR, load_pipeline
 from muse_core.rerank import load_clip_scorer
 from muse_core.training.cascade import PRESETS, super_res_config, train_cascade, transformer_config
+from muse_core.training.loop import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,19 @@ def test_reused_stages_are_trained_on_a_data_folder(tiny_cascade, tmp_path):
                   stages=("vqvae",), progress=False)
     assert (out / "vqvae.safetensors").read_bytes() != (DEFAULT_MODEL_DIR / "vqvae.safetensors").read_bytes()
     assert load_model(VQTokenizer, out / "vqvae.safetensors").config.num_vq_embeddings == preset.codebook_size
+
+
+def test_a_warm_restart_continues_the_first_phase_with_a_fresh_optimizer(tmp_path):
+    """The restart phase starts from the first phase's weights (at a negligible learning rate it exports them
+    unchanged, up to the fp16 export) and counts its own steps from 0 (its own optimizer and schedule)."""
+    frozen = dataclasses.replace(PRESETS["tiny"], transformer_restart=TrainConfig(steps=3, batch_size=8, warmup_steps=1,
+                                                                                  lr=1e-30, weight_decay=0.0))
+    out, work = tmp_path / "model", tmp_path / "work"
+    train_cascade(out, work, frozen, stages=("vqvae", "transformer"), progress=False)
+    restart = json.loads((work / "transformer_restart" / "checkpoint" / "trainer.json").read_text())
+    assert restart["step"] == 3 and restart["config"]["seed"] == 1  # seed + 1: other batches and masks
+    first_phase = load_file(work / "transformer" / "checkpoint" / "state.safetensors")
+    exported = load_file(out / "transformer.safetensors")
+    assert exported.keys() == {k.removeprefix("model.model.") for k in first_phase if k.startswith("model.model.")}
+    for key, value in exported.items():
+        assert torch.equal(value, first_phase[f"model.model.{key}"].to(value.dtype)), key

@@ -5,7 +5,8 @@ its checkpoint in ``work_dir/<stage>/``):
 
 1. ``vqvae``: VQ tokenizer at the base resolution;
 2. ``super_res_vqvae``: VQ tokenizer at the super-res resolution;
-3. ``transformer``: base masked-token transformer, with its T5 text encoder trained jointly;
+3. ``transformer``: base masked-token transformer, with its T5 text encoder trained jointly (and, if the
+   preset has a ``transformer_restart``, a second phase from those weights with a fresh optimizer);
 4. ``super_res``: super-res transformer on (low-res ids, high-res ids), text encoder frozen;
 5. ``reranker``: a small CLIP model, contrastive with hard negatives.
 
@@ -64,6 +65,10 @@ class CascadePreset:
     transformer: TrainConfig
     super_res: TrainConfig
     reranker: TrainConfig
+    # A warm restart of the base transformer (and its T5) after ``transformer``: from its weights, with a fresh
+    # AdamW and this config's own warmup and cosine, batches and masks drawn with seed + 1 (checkpoints in
+    # work_dir/transformer_restart/). None: one phase.
+    transformer_restart: TrainConfig | None = None
     sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
     # Fixes measured on the shapes data (docs/evaluation.md); the defaults are the plain reference recipe:
     vq_patch_consistency: float = 0.0  # the base VQ's VQObjective patch_consistency
@@ -114,6 +119,7 @@ PRESETS: dict[str, CascadePreset] = {
         transformer=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        transformer_restart=TrainConfig(steps=2, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, shape_placement="slots", base_grid_res_blocks=1,
@@ -121,12 +127,14 @@ PRESETS: dict[str, CascadePreset] = {
         image_mean_loss=True, sr_add_lowres_to_tokens=True,
     ),
 }
-# The embedded default model (muse_core/default_model, v2, base at 16000 steps, 2026-12-03): v1's sizes, VQs and reranker, on slot
+# The embedded default model (muse_core/default_model, v2, 2026-12-04): v1's sizes, VQs and reranker, on slot
 # data, which puts the objects where the first sampling steps expect them, with the options that passed the
-# boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md).
+# boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md). Its
+# base: 16000 steps, then a warm restart of 12000 at 0.3x the peak learning rate.
 PRESETS["shipped"] = dataclasses.replace(
     PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
     transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=16000),
+    transformer_restart=dataclasses.replace(PRESETS["v1"].transformer, steps=12000, lr=3e-4),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
     # token temperature 0.1 (v1's 0.5 left specks that failed README's prompt at 5 of 10 seeds); super-res
@@ -173,8 +181,8 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
     base_images = CaptionFolder(data_dir, preset.base_size)
     captions = base_images.captions()
 
-    def run(stage: str, objective, dataset, config: TrainConfig):
-        config = dataclasses.replace(config, seed=seed)
+    def run(stage: str, objective, dataset, config: TrainConfig, phase_seed: int = seed):
+        config = dataclasses.replace(config, seed=phase_seed)
         return train(objective, dataset, config, work_dir / stage, collate, progress, description=stage)
 
     def done(stage: str) -> bool:
@@ -210,7 +218,10 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         boundaries = _boundary_cache(work_dir, data_dir, world, preset.base_size, ids.shape[-1]) \
             if preset.boundary_mask_share > 0 else None
         dataset = TokenDataset(captions, ids, boundaries=boundaries)
-        _export(run("transformer", objective, dataset, preset.transformer), world, out_dir, "transformer")
+        objective = run("transformer", objective, dataset, preset.transformer)
+        if preset.transformer_restart is not None:
+            objective = run("transformer_restart", objective, dataset, preset.transformer_restart, seed + 1)
+        _export(objective, world, out_dir, "transformer")
         if world.is_main and preset.sampling:
             (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")
     if not done("super_res"):
