@@ -1,7 +1,7 @@
 """Draw the README's picture: what the embedded model makes of a few shapes prompts, with the prompts.
 
 Loads the embedded default model (``muse_core/default_model``), generates each prompt at the model's
-recommended settings (its ``sampling.json``: 24 steps, guidance 3, token temperature 0.5) with seed 0,
+recommended settings (its ``sampling.json``: 24 steps, guidance 3, token temperature 0.1) with seed 0,
 64 px, then runs the super-res stage (8 steps, 128 px) the way ``muse generate --sr`` does, and writes a
 labelled grid: per prompt the 64 px base image (scaled up, nearest neighbour) beside its 128 px super-res.
 Each tile is what ``muse generate PROMPT --sr --seed 0`` gives (up to floating-point rounding, which changes
