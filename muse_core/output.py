@@ -31,8 +31,11 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
     # Created here (not by mkstemp) so the file gets the user's umask permissions, as a plain open() would.
     os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = temporary.stat().st_mode
     try:
         yield temporary
+        # a writer may have recreated the file (safetensors' save_file makes it readable by its owner only)
+        os.chmod(temporary, mode)
         _move_into_place(temporary, path, overwrite)
     except OSError as error:
         kept = " (the existing file is unchanged)" if path.exists() else ""

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -39,6 +40,17 @@ def test_tiny_cascade_writes_a_complete_model_folder(tiny_cascade):
     assert pipe.transformer.dtype == torch.float32
     scorer = load_clip_scorer(tiny_cascade / "reranker")
     assert scorer.score(torch.rand(2, 3, 16, 16), "a red circle").shape == (2,)
+
+
+def test_model_files_get_the_users_permissions(tiny_cascade):
+    """safetensors' save_file recreates its file readable by the owner only; a model folder that a ComfyUI
+    server or a colleague should read must get the user's umask like any file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = sorted(tiny_cascade.rglob("*.safetensors"))
+    assert len(weights) == 6  # base and super-res transformers and VQs, T5, CLIP
+    modes = {str(path.relative_to(tiny_cascade)): path.stat().st_mode & 0o777 for path in weights}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
 
 
 def test_shipped_preset_builds_the_embedded_models_architectures():

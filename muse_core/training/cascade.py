@@ -33,6 +33,7 @@ from ..loading import load_model
 from ..models.super_res import SuperResConfig, SuperResTransformer
 from ..models.uvit import MaskedTokenUViT, UViTConfig
 from ..models.vq import VQTokenizer
+from ..output import atomic_output
 from ..pipeline import DEFAULT_MODEL_DIR, SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
 from .data import CaptionFolder, RandomCrops, TokenDataset, boundary_tokens, collate, encode_images
@@ -307,8 +308,8 @@ def _cached(path: Path, key: str, compute, world, **metadata) -> torch.Tensor:
     """``compute()``'s tensor, saved at ``path`` by rank 0 the first time and read back by every rank."""
     if world.is_main and not path.is_file():
         tensor = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)  # absent when no earlier stage ran in this work folder
-        save_file({key: tensor}, path, metadata={k: json.dumps(v) for k, v in metadata.items()})
+        with atomic_output(path, overwrite=True) as temporary:  # an interrupted run must not leave half a cache
+            save_file({key: tensor}, str(temporary), metadata={k: json.dumps(v) for k, v in metadata.items()})
     if dist.is_initialized():
         dist.barrier()
     return load_file(path)[key]

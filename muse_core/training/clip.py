@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..output import atomic_output
 from ..rerank import ClipScorer
 from .tokenizer import save_tokenizer
 
@@ -155,7 +156,8 @@ class ClipObjective(nn.Module):
             name: (tensor.to(dtype) if tensor.is_floating_point() else tensor).detach().cpu().contiguous()
             for name, tensor in self.model.state_dict().items()
         }
-        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        with atomic_output(folder / "model.safetensors", overwrite=True) as temporary:
+            save_file(tensors, str(temporary), metadata={"format": "pt"})
         # tokenizer.json keeps the padding and truncation of the tokenizer's last call (training pads to
         # the batch's longest); save the scorer's fixed length instead, so the file does not depend on it
         backend, length = self.tokenizer.backend_tokenizer, self.scorer.max_length

@@ -137,12 +137,11 @@ def lora_file_tensors(model: nn.Module, settings: LoraSettings) -> dict[str, tor
 
 def save_lora(model: nn.Module, path: str | Path, settings: LoraSettings) -> Path:
     """Write the adapter of ``model`` as one .safetensors file, whole or not at all."""
-    from safetensors.torch import save  # noqa: PLC0415
+    from safetensors.torch import save_file  # noqa: PLC0415
 
     path = Path(path)
     with atomic_output(path) as temporary:
-        # bytes into the file atomic_output made: safetensors' save_file would recreate it readable by its owner only
-        temporary.write_bytes(save(lora_file_tensors(model, settings), metadata={"format": "pt"}))
+        save_file(lora_file_tensors(model, settings), str(temporary), metadata={"format": "pt"})
     return path
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..output import atomic_output
 from ..text.t5 import T5TextEncoder
 from .tokenizer import save_tokenizer
 
@@ -48,7 +49,8 @@ def save_t5_encoder(text_encoder, folder: Path, dtype: torch.dtype = torch.float
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in text_encoder.model.state_dict().items()
              if k != "encoder.embed_tokens.weight"}  # tied to shared.weight: stored once
-    save_file(state, model_dir / "model.safetensors", metadata={"format": "pt"})
+    with atomic_output(model_dir / "model.safetensors", overwrite=True) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt"})
     config = text_encoder.model.config.to_dict()
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(dtype).removeprefix("torch.")
     (model_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
