@@ -1,7 +1,7 @@
 """Draw the README's picture: what the embedded model makes of a few shapes prompts, with the prompts.
 
 Loads the embedded default model (``muse_core/default_model``), generates each prompt at the model's
-recommended settings (its ``sampling.json``: 24 steps, guidance 3, token temperature 0.1) with seed 0,
+recommended settings (its ``sampling.json``: 24 steps, guidance 3, token temperature 0.5) with seed 0,
 64 px, then runs the super-res stage (8 steps, 128 px) the way ``muse generate --sr`` does, and writes a
 labelled grid: per prompt the 64 px base image (scaled up, nearest neighbour) beside its 128 px super-res.
 Each tile is what ``muse generate PROMPT --sr --seed 0`` gives (up to floating-point rounding, which changes
@@ -90,8 +90,8 @@ def draw_grid(results: list[tuple[str, torch.Tensor, torch.Tensor]], native: int
     draw = ImageDraw.Draw(canvas)
     draw.text((PAD, PAD), f"Embedded model, seed {SEED}, its sampling.json settings: each pair is the {native} px "
               f"base image (left, enlarged) and its {high} px super-resolution (right).", fill="black", font=title_font)
-    draw.text((PAD, PAD + line_height + 2), "A small CPU-trained shapes model: roughly the right colours, often "
-              "the wrong shapes.", fill=(90, 90, 90), font=title_font)
+    draw.text((PAD, PAD + line_height + 2), "A small CPU-trained model of one toy domain: mostly the right shapes, "
+              "colours and counts, with ragged edges and specks.", fill=(90, 90, 90), font=title_font)
     for index, ((_, base, sr), lines) in enumerate(zip(results, wrapped)):
         row, column = divmod(index, COLUMNS)
         x = PAD + column * (cell_width + 2 * PAD)
