@@ -42,6 +42,7 @@ from .sampling.sampler import SamplingOptions
 
 SAMPLING_FILE = "sampling.json"
 SUPER_RES_SECTION = "super_res"  # the sampling.json object with the super-res stage's settings
+MASK_FREE_SECTION = "mask_free"  # the sampling.json object with mask-free editing's (iterations, fraction, ...)
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
 RERANKER_FOLDER = "reranker"  # optional: a full CLIP model for best-of-K reranking (muse_core.rerank)
 
@@ -58,6 +59,7 @@ class MusePipeline:
     super_res_vq: VQTokenizer | None = None  # the super-res grid's VQ; set to ``vq`` when the folder has none
     sampling: dict = dataclasses.field(default_factory=dict)  # the recommended settings (see load_pipeline)
     super_res_sampling: dict = dataclasses.field(default_factory=dict)  # the super-res stage's
+    mask_free: dict = dataclasses.field(default_factory=dict)  # recommended mask-free editing settings
 
     def sampling_options(self, **values) -> SamplingOptions:
         """``SamplingOptions`` from ``values``, the model's recommended settings where a value is None or
@@ -67,6 +69,11 @@ class MusePipeline:
     def super_res_sampling_options(self, **values) -> SamplingOptions:
         """As ``sampling_options``, with the super-res stage's recommended settings."""
         return options_over(self.super_res_sampling, values)
+
+    def mask_free_settings(self, **values) -> dict:
+        """Keyword arguments of ``edit_tokens`` / ``edit_image`` (iterations, fraction, guidance_scale, top_k):
+        ``values`` where not None, then the model's recommended ones, then the paper's."""
+        return mask_free_over(self.mask_free, values)
 
     def __post_init__(self):
         if self.super_res is not None and self.super_res_vq is None:
@@ -101,6 +108,16 @@ class MusePipeline:
 def options_over(recommended: dict, values: dict) -> SamplingOptions:
     """``values`` where not None, then ``recommended``, then aMUSEd's defaults."""
     return SamplingOptions(**(recommended | {k: v for k, v in values.items() if v is not None}))
+
+
+def mask_free_over(recommended: dict, values: dict) -> dict:
+    """Mask-free editing settings: ``values`` where not None, then ``recommended``, then the paper's."""
+    from .editing.maskfree import PAPER_SETTINGS  # noqa: PLC0415  (editing imports the samplers)
+
+    unknown = sorted(set(values) - set(PAPER_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown mask-free settings {unknown}; allowed: {sorted(PAPER_SETTINGS)}")
+    return PAPER_SETTINGS | recommended | {k: v for k, v in values.items() if v is not None}
 
 
 def _component(folder: Path, name: str) -> Path | None:
@@ -194,7 +211,7 @@ def load_pipeline(
         if (vq_path := _component(folder, "super_res_vqvae")) is not None:
             super_res_vq = load_model(VQTokenizer, vq_path, dtype=vq_dtype, attention=attention, **common)
     return MusePipeline(transformer, vq, text_encoder, super_res, super_res_vq, recommended_sampling(transformer, folder),
-                        super_res_sampling)
+                        super_res_sampling, read_mask_free_defaults(folder))
 
 
 def recommended_sampling(model, folder: Path) -> dict:
@@ -224,20 +241,41 @@ def read_sampling_defaults(folder: Path, stage: str = "base") -> dict:
     ``stage="super_res"`` for the super-res stage (its section over the base fields); {} when there is none."""
     if stage not in ("base", "super_res"):
         raise ValueError(f"stage must be 'base' or 'super_res', got {stage!r}.")
+    base, super_res, _ = _read_sampling_file(Path(folder))
+    return base | super_res if stage == "super_res" else base
+
+
+def read_mask_free_defaults(folder: Path) -> dict:
+    """The ``mask_free`` section of the folder's ``sampling.json`` (checked): mask-free editing settings the
+    model recommends over the paper's; {} when there is none."""
+    return _read_sampling_file(Path(folder))[2]
+
+
+def _read_sampling_file(folder: Path) -> tuple[dict, dict, dict]:
+    """sampling.json's base, super-res and mask-free settings, each checked; ({}, {}, {}) without the file."""
+    from .editing.maskfree import check_edit_settings  # noqa: PLC0415  (editing imports the samplers)
+
     path = folder / SAMPLING_FILE
     if not path.is_file():
-        return {}
+        return {}, {}, {}
     fix = "Fix or delete the file (it only sets sampling defaults)."
     values = read_json(path, fix)
-    section = values.pop(SUPER_RES_SECTION, {})
+    sections = {name: values.pop(name, {}) for name in (SUPER_RES_SECTION, MASK_FREE_SECTION)}
     try:
-        if not isinstance(section, dict):
-            raise ValueError(f'"{SUPER_RES_SECTION}" must be an object of settings, got {section!r}')
-        base, super_res = checked_sampling_fields(values), checked_sampling_fields(section, f"{SUPER_RES_SECTION}: ")
+        for name, section in sections.items():
+            if not isinstance(section, dict):
+                raise ValueError(f'"{name}" must be an object of settings, got {section!r}')
+        base = checked_sampling_fields(values)
+        super_res = checked_sampling_fields(sections[SUPER_RES_SECTION], f"{SUPER_RES_SECTION}: ")
         SamplingOptions(**(base | super_res))
+        mask_free = sections[MASK_FREE_SECTION]
+        try:
+            check_edit_settings(**mask_free_over({}, mask_free))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{MASK_FREE_SECTION}: {error}") from None
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: {error}. {fix}") from None
-    return base | super_res if stage == "super_res" else base
+    return base, super_res, mask_free
 
 
 def checked_sampling_fields(values: dict, where: str = "") -> dict:

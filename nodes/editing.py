@@ -15,12 +15,13 @@ from muse_core.editing import (
 from muse_core.editing.inpaint import TOKEN_RULES, prepare_mask
 from muse_core.geometry import check_codebooks
 from muse_core.limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
+from muse_core.pipeline import mask_free_over
 
 from .previews import progress_callback
-from .runtime import running
+from .runtime import LoadedModel, running
 from .sampling import sampling_options
 from .types import CONDITIONING, TOKENS, TRANSFORMER, VQ, MuseTokens, image_from_comfy, image_to_comfy, mask_from_comfy
-from .widgets import combo, decoding_options, sampling_from, seed
+from .widgets import SAMPLING_FROM, combo, decoding_options, sampling_from, seed
 
 EMPTY_LOADIMAGE_MASK = (64, 64)  # what LoadImage returns for an image without alpha
 
@@ -122,6 +123,14 @@ class MuseOutpaint:
         return image_to_comfy(result.images), result.pixel_mask.float().cpu(), tokens
 
 
+def mask_free_settings(loaded: LoadedModel, widgets: dict, sampling_from: str | None) -> dict:
+    """The edit's settings: the widgets', or with ``sampling_from="model"`` the model's recommended ones."""
+    choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
+    if choice not in SAMPLING_FROM:
+        raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
+    return widgets if choice == "widgets" else mask_free_over(loaded.mask_free, {})
+
+
 class MuseMaskFreeEdit:
     DESCRIPTION = (
         "Mask-free editing (Muse section 3.3.2): changes an image towards a new prompt by re-sampling a small "
@@ -150,16 +159,23 @@ class MuseMaskFreeEdit:
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional: only tokens touching the mask (1) may change."}),
+                "sampling_from": combo(SAMPLING_FROM, tooltip=(
+                    "widgets: edit with the iterations, fraction, guidance and top_k widgets. model: with the "
+                    "mask-free settings the loaded model recommends (the \"mask_free\" section of its folder's "
+                    "sampling.json, e.g. the embedded model's; the paper's where it has none), whatever those "
+                    "widgets say. The seed always comes from its widget.")),
             },
         }
 
-    def edit(self, transformer, vq, conditioning, image, seed, iterations, fraction, guidance, top_k, mask=None):
+    def edit(self, transformer, vq, conditioning, image, seed, iterations, fraction, guidance, top_k, mask=None,
+             sampling_from=None):
         images = image_from_comfy(image)
         pixel_mask = None if mask is None else editing_mask(mask, images)  # checked before models move
+        widgets = {"iterations": iterations, "fraction": fraction, "guidance_scale": guidance, "top_k": top_k}
+        settings = mask_free_settings(transformer, widgets, sampling_from)
         with running(transformer, vq) as (model, vq_model):
-            result = edit_image(model, vq_model, None, images, conditioning, mask=pixel_mask, iterations=iterations,
-                                fraction=fraction, guidance_scale=guidance, top_k=top_k, seed=seed,
-                                callback=progress_callback(iterations, vq_model, None))
+            result = edit_image(model, vq_model, None, images, conditioning, mask=pixel_mask, **settings, seed=seed,
+                                callback=progress_callback(settings["iterations"], vq_model, None))
         return image_to_comfy(result.images), MuseTokens.of(result.ids, vq_model)
 
 

@@ -8,7 +8,7 @@ import torch
 from muse_core.loading import load_model
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.vq import VQTokenizer
-from muse_core.pipeline import load_pipeline, load_transformer, recommended_sampling
+from muse_core.pipeline import load_pipeline, load_transformer, read_mask_free_defaults, recommended_sampling
 from muse_core.rerank import load_clip_scorer
 from muse_core.text import load_clip_encoder, load_t5_encoder
 from muse_core.text.loading import has_own_tokenizer
@@ -65,10 +65,11 @@ class MuseModelLoader:
         # encoder and VQ rest on the CPU) goes there when ComfyUI first unloads it.
         def wrap(component, label, kind, sampling=None, **extra):
             return None if component is None else LoadedModel(component, f"{label} of '{model}'", target,
-                                                               sampling or {}, at_rest_device(target, kind), **extra)
+                                                               sampling or {}, offload_device=at_rest_device(target, kind),
+                                                               **extra)
 
         return (
-            wrap(pipe.transformer, "transformer", "unet", pipe.sampling),
+            wrap(pipe.transformer, "transformer", "unet", pipe.sampling, mask_free=pipe.mask_free),
             wrap(pipe.vq, "VQ", "vae"),
             wrap(pipe.text_encoder, "text encoder", "text_encoder"),
             wrap(pipe.super_res, "super-res transformer", "unet", pipe.super_res_sampling,
@@ -113,7 +114,8 @@ class _ComponentLoader:
             model.compile_steps()
         # a component's recommended settings: its family's and its model folder's sampling.json, as for a folder
         sampling = recommended_sampling(model, path.parent) if self.recommends_sampling else {}
-        return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling, rest),)
+        mask_free = read_mask_free_defaults(path.parent) if self.recommends_sampling else {}
+        return (LoadedModel(model, f"{self.label} '{model_name}'", target, sampling, mask_free, offload_device=rest),)
 
     def load_component(self, path, **options):
         return load_model(self.model_class, path, **options)

@@ -51,6 +51,7 @@ class LoadedModel:
     name: str  # says which model in messages, e.g. "transformer embedded/transformer.safetensors"
     device: torch.device  # compute device
     sampling: dict = dataclasses.field(default_factory=dict)  # recommended SamplingOptions fields (sampling.json)
+    mask_free: dict = dataclasses.field(default_factory=dict)  # recommended mask-free editing settings (its section)
     offload_device: torch.device = torch.device("cpu")  # where the weights wait while the model is not loaded
     # ComfyUI's ModelPatcher of the module, or its stand-in outside ComfyUI. Made anew for every LoadedModel,
     # so a LoRA copy (dataclasses.replace of its base) is managed on its own.

@@ -172,6 +172,24 @@ def test_mask_free_edit_with_a_mask_keeps_pixels_outside_it(model, tmp_path, cap
         assert np.array_equal(pixels(path)[:8], pixels(image)[:8])
 
 
+def test_mask_free_edit_defaults_come_from_the_models_sampling_json(model, tmp_path, capsys):
+    image = write_image(tmp_path / "photo.png")
+
+    def edit(name, *flags):
+        out = tmp_path / f"{name}.png"
+        code, captured = run(["edit", image, "a cat", "--model", model, *flags, "-o", out], capsys)
+        assert code == 0, captured.err
+        return pixels(out), captured.err
+
+    explicit, _ = edit("explicit", "--iterations", 3, "--fraction", 0.3, "--guidance", 2, "--top-k", 1)
+    (model / "sampling.json").write_text('{"mask_free": {"iterations": 3, "fraction": 0.3, "guidance_scale": 2.0, '
+                                         '"top_k": 1}}')
+    from_file, err = edit("from_file")
+    assert np.array_equal(explicit, from_file) and "3/3" in err
+    flagged, err = edit("flagged", "--iterations", 2)
+    assert "2/2" in err and not np.array_equal(flagged, from_file)  # a flag wins over the file
+
+
 def test_img2img_and_resize(model, tmp_path, capsys):
     image = write_image(tmp_path / "odd.png", width=17, height=15)
     out = tmp_path / "out.png"

@@ -14,8 +14,9 @@ from PIL import ImageOps
 from safetensors.torch import load_file, save_file
 
 from muse_core.data.shapes import PALETTE
+from muse_core.editing.maskfree import PAPER_SETTINGS
 from muse_core.loading import CheckpointError
-from muse_core.pipeline import DEFAULT_MODEL_DIR
+from muse_core.pipeline import DEFAULT_MODEL_DIR, mask_free_over
 
 from .comfy_harness import ROOT, core_nodes, decoding, load_pack, pack_module, run_api, ui_to_api, validate_api
 
@@ -446,8 +447,10 @@ def test_missing_super_res_stage_and_foreign_text_encoder(nodes, embedded, condi
 def test_sampling_from_model_uses_the_loaded_models_sampling_json(nodes, embedded, conditioning):
     recommended = json.loads((DEFAULT_MODEL_DIR / "sampling.json").read_text())
     recommended["temperature"] = tuple(recommended["temperature"])  # as SamplingOptions takes it
+    mask_free = recommended.pop("mask_free")  # mask-free editing's, not a sampler's
     super_res = recommended | recommended.pop("super_res")  # the super-res stage's settings over the others
     assert embedded[0].sampling == recommended and embedded[3].sampling == super_res
+    assert embedded[0].mask_free == mask_free
     (single_super_res,) = nodes["MuseSuperResLoader"]().load("embedded/super_res.safetensors", "auto", "auto", "auto")
     assert single_super_res.sampling == super_res
     from_model, _ = sample(nodes, embedded, conditioning, sampling_from="model", seed=3)  # widgets: aMUSEd's
@@ -459,6 +462,20 @@ def test_sampling_from_model_uses_the_loaded_models_sampling_json(nodes, embedde
     assert torch.equal(from_model.ids, by_hand.ids) and not torch.equal(from_model.ids, widgets.ids)
     (single,) = nodes["MuseTransformerLoader"]().load("embedded/transformer.safetensors", "auto", "auto", "auto")
     assert single.sampling == recommended  # a component file gets its model folder's sampling.json too
+    assert single.mask_free == mask_free
+
+
+def test_mask_free_edit_from_model_uses_the_models_mask_free_settings(nodes, embedded, conditioning, core):
+    image, _ = core.mappings["LoadImage"]().load_image("muse_example_shapes.png")
+    settings = mask_free_over(embedded[0].mask_free, {})
+    assert embedded[0].mask_free and settings != PAPER_SETTINGS  # the embedded model recommends its own
+    edit = nodes["MuseMaskFreeEdit"]().edit
+    paper = [PAPER_SETTINGS[k] for k in ("iterations", "fraction", "guidance_scale", "top_k")]
+    from_model, _ = edit(*embedded[:2], conditioning, image, 5, *paper, sampling_from="model")
+    by_hand, _ = edit(*embedded[:2], conditioning, image, 5, settings["iterations"], settings["fraction"],
+                      settings["guidance_scale"], settings["top_k"])
+    widgets, _ = edit(*embedded[:2], conditioning, image, 5, *paper, sampling_from="widgets")
+    assert torch.equal(from_model, by_hand) and not torch.equal(from_model, widgets)
 
 
 def test_mask_free_edit_keeps_the_input_pixels_outside_the_mask(nodes, embedded, conditioning, core):

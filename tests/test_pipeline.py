@@ -7,6 +7,7 @@ import torch
 from diffusers import VQModel
 
 from muse_core import CheckpointError, load_pipeline, save_model
+from muse_core.editing.maskfree import PAPER_SETTINGS
 from muse_core.pipeline import read_sampling_defaults
 
 from .helpers import CLIP_LENGTH, PIPE_UVIT, TINY_UVIT, TINY_VQ, tiny_super_res, uvit_inputs
@@ -76,7 +77,23 @@ def test_sampling_json_super_res_section_applies_to_that_stage_only(amused_folde
     assert pipe.super_res_sampling_options(guidance_scale=2.0).guidance_scale == 2.0  # a given value wins
 
 
+def test_sampling_json_mask_free_section_gives_the_editing_defaults(amused_folder):
+    folder, *_ = amused_folder
+    assert load_pipeline(folder).mask_free_settings() == PAPER_SETTINGS  # no file: the paper's
+    (folder / "sampling.json").write_text('{"guidance_scale": 3.0, "mask_free": {"guidance_scale": 2.0, "top_k": 1}}')
+    assert read_sampling_defaults(folder) == {"guidance_scale": 3.0}  # the section is not a sampler setting
+    pipe = load_pipeline(folder)
+    assert pipe.mask_free_settings() == PAPER_SETTINGS | {"guidance_scale": 2.0, "top_k": 1}
+    assert pipe.mask_free_settings(top_k=5, iterations=None)["top_k"] == 5  # a given value wins, None does not
+    with pytest.raises(ValueError, match=r"unknown mask-free settings \['steps'\]"):
+        pipe.mask_free_settings(steps=3)
+
+
 @pytest.mark.parametrize("content, message", [
+    ('{"mask_free": {"steps": 3}}', r"mask_free: unknown mask-free settings \['steps'\]"),
+    ('{"mask_free": {"top_k": 0}}', "mask_free: top_k must be an integer from 1"),
+    ('{"mask_free": {"fraction": 2}}', "mask_free: fraction must be"),
+    ('{"mask_free": []}', '"mask_free" must be an object'),
     ('{"guidance": 3}', r"unknown settings \['guidance'\]"),
     ('{"super_res": {"guidance": 1}}', r"super_res: unknown settings \['guidance'\]"),
     ('{"super_res": 1}', '"super_res" must be an object'),

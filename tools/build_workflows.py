@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python tools/build_workflows.py` puts only tools/ itself on sys.path
 
 from muse_core.models.meissonic import SAMPLING_DEFAULTS as MEISSONIC_DEFAULTS  # noqa: E402  (after sys.path.insert)
-from muse_core.pipeline import DEFAULT_MODEL_DIR, read_sampling_defaults  # noqa: E402  (after sys.path.insert)
+from muse_core.pipeline import (  # noqa: E402  (after sys.path.insert)
+    DEFAULT_MODEL_DIR,
+    mask_free_over,
+    read_mask_free_defaults,
+    read_sampling_defaults,
+)
 from nodes.sampling import decoding_widget_values  # noqa: E402  (after sys.path.insert)
 from tools.comfy_offline import CoreNodes, load_pack  # noqa: E402  (after sys.path.insert)
 from tools.workflow_format import extra_widget_values, is_widget, ui_to_api  # noqa: E402  (after sys.path.insert)
@@ -28,6 +33,10 @@ PROMPT = "two red circles on a blue background"
 EMBEDDED_SAMPLING = {"sampling_from": "model", **decoding_widget_values(read_sampling_defaults(DEFAULT_MODEL_DIR))}
 EMBEDDED_SUPER_RES_SAMPLING = {"sampling_from": "model", **{  # the super-res stage's settings; its own steps widget
     k: v for k, v in decoding_widget_values(read_sampling_defaults(DEFAULT_MODEL_DIR, "super_res")).items() if k != "steps"}}
+# the Mask-Free Edit node's widgets show the model's mask-free settings too
+EMBEDDED_MASK_FREE = {"sampling_from": "model", **{
+    "guidance" if name == "guidance_scale" else name: value
+    for name, value in mask_free_over(read_mask_free_defaults(DEFAULT_MODEL_DIR), {}).items()}}
 SIZE_64 = {"width": 64, "height": 64}
 
 CORE_TITLES = {"LoadImage": "Load Image", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
@@ -93,7 +102,7 @@ WORKFLOWS = {
     "muse_mask_free_edit": {
         "nodes": [LOADER, encode("a blue circle left of a yellow square on a white background"),
                   ("image", "LoadImage", {"image": "muse_example_shapes.png"}),
-                  ("edit", "MuseMaskFreeEdit", {"guidance": 3.0}),
+                  ("edit", "MuseMaskFreeEdit", EMBEDDED_MASK_FREE),
                   ("save", "SaveImage", {"filename_prefix": "muse_edit"})],
         "links": [("loader.transformer", "edit.transformer"), ("loader.vq", "edit.vq"),
                   ("loader.text_encoder", "encode.text_encoder"), ("encode.conditioning", "edit.conditioning"),

@@ -24,7 +24,7 @@ from ..editing import (
 from ..geometry import round_up
 from ..image_files import read_image, read_mask
 from ..limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
-from ..pipeline import MusePipeline
+from ..pipeline import DEFAULT_MODEL_DIR, MusePipeline, read_mask_free_defaults
 from ..sampling import img2img
 from .arguments import (
     UsageError,
@@ -131,13 +131,14 @@ def outpaint_sampler(args, pipe: MusePipeline, prompt, image, mask):
 
 
 def edit_sampler(args, pipe: MusePipeline, prompt, image, mask):
+    settings = pipe.mask_free_settings(iterations=args.iterations, fraction=args.fraction,
+                                       guidance_scale=args.guidance, top_k=args.top_k)
+
     def sample(first, size, callback):
         return edit_image(pipe.transformer, pipe.vq, pipe.text_encoder, repeat(image, size), prompt, mask=mask,
-                          iterations=args.iterations, fraction=args.fraction, guidance_scale=args.guidance,
-                          top_k=args.top_k, seed=args.seed + first, negative_prompt=args.negative,
-                          callback=callback).images
+                          **settings, seed=args.seed + first, negative_prompt=args.negative, callback=callback).images
 
-    return args.iterations, sample
+    return settings["iterations"], sample
 
 
 def img2img_sampler(args, pipe: MusePipeline, prompt, image, mask):
@@ -180,17 +181,28 @@ def add_outpaint(subparsers) -> None:
                       extra=margins)
 
 
+def built_in_mask_free(name: str) -> str:
+    """"; built-in model: V" where the embedded model's sampling.json recommends its own value."""
+    value = read_mask_free_defaults(DEFAULT_MODEL_DIR).get(name) if DEFAULT_MODEL_DIR.is_dir() else None
+    return "" if value is None else f"; built-in model: {value:g}"
+
+
 def add_edit(subparsers) -> None:
     def editing(parser):
-        group = parser.add_argument_group("editing")
-        group.add_argument("--iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS), default=EDIT_ITERATIONS,
-                           help=f"resampling rounds, one transformer pass each (default: {EDIT_ITERATIONS})")
-        group.add_argument("--fraction", type=bounded_float(0.0, 1.0), default=EDIT_FRACTION,
-                           help=f"share of tokens resampled per iteration (default: {EDIT_FRACTION})")
-        group.add_argument("--guidance", type=bounded_float(0.0), default=EDIT_GUIDANCE,
-                           help=f"classifier-free guidance scale (default: {EDIT_GUIDANCE:g})")
-        group.add_argument("--top-k", type=bounded_int(1, 1 << 20), default=EDIT_TOP_K,
-                           help=f"sample among the k likeliest tokens (default: {EDIT_TOP_K})")
+        group = parser.add_argument_group("editing (defaults: the model folder's sampling.json, \"mask_free\", "
+                                          "else the paper's)")
+        group.add_argument("--iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS),
+                           help=f"resampling rounds, one transformer pass each (paper: {EDIT_ITERATIONS}"
+                                f"{built_in_mask_free('iterations')})")
+        group.add_argument("--fraction", type=bounded_float(0.0, 1.0),
+                           help=f"share of tokens resampled per iteration (paper: {EDIT_FRACTION}"
+                                f"{built_in_mask_free('fraction')})")
+        group.add_argument("--guidance", type=bounded_float(0.0),
+                           help=f"classifier-free guidance scale (paper: {EDIT_GUIDANCE:g}"
+                                f"{built_in_mask_free('guidance_scale')})")
+        group.add_argument("--top-k", type=bounded_int(1, 1 << 20),
+                           help=f"sample among the k likeliest tokens (paper: {EDIT_TOP_K}"
+                                f"{built_in_mask_free('top_k')})")
 
     add_image_command(subparsers, EDIT, "mask-free editing towards a prompt (Muse)",
                       "Move IMAGE towards PROMPT by resampling a small random share of its tokens, many times.",

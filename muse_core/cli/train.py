@@ -35,8 +35,9 @@ def add_eval(subparsers) -> None:
                         help="only the first N prompts of each category (quick runs)")
     parser.add_argument("--best-of", type=bounded_int(2, 64), default=8, metavar="K",
                         help="samples per prompt in the reranked row (default: 8)")
-    parser.add_argument("--edit-iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS), default=EDIT_ITERATIONS,
-                        help=f"mask-free editing iterations (default: {EDIT_ITERATIONS})")
+    parser.add_argument("--edit-iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS), default=None,
+                        help="mask-free editing iterations (default: the model's sampling.json, else the paper's "
+                             f"{EDIT_ITERATIONS}); the other editing settings always come from there")
     parser.add_argument("--guidance", type=bounded_float(0.0), default=None, metavar="G",
                         help="guidance scale of the guided rows (default: the model's sampling.json, else aMUSEd's)")
     parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0)

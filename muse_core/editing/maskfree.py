@@ -24,8 +24,23 @@ from ..sampling.sampler import GuidedModel, SamplingOptions, generators_for
 from ..sampling.schedules import timestep_for_fraction
 from .inpaint import EditResult, mask_to_token_grid, prepare_mask
 
-# The paper's settings (section 3.3.2): the defaults of the API, the CLI and the node.
+# The paper's settings (section 3.3.2): the defaults of the API, the CLI and the node. A model folder's
+# sampling.json may recommend its own in a "mask_free" section (muse_core.pipeline).
 EDIT_ITERATIONS, EDIT_FRACTION, EDIT_GUIDANCE, EDIT_TOP_K = 100, 0.08, 4.0, 3
+PAPER_SETTINGS = {"iterations": EDIT_ITERATIONS, "fraction": EDIT_FRACTION, "guidance_scale": EDIT_GUIDANCE,
+                  "top_k": EDIT_TOP_K}
+
+
+def check_edit_settings(iterations: int = EDIT_ITERATIONS, fraction: float = EDIT_FRACTION,
+                        guidance_scale: float = EDIT_GUIDANCE, top_k: int = EDIT_TOP_K,
+                        codebook_size: int | None = None) -> None:
+    """Raise ValueError naming the first mask-free setting out of range."""
+    check_int("iterations", iterations, 0, MAX_EDIT_ITERATIONS)
+    check_number("fraction", fraction, 0.0, 1.0)
+    SamplingOptions(guidance_scale=guidance_scale)  # validates it as every sampler does
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1 or top_k > (codebook_size or top_k):
+        most = f" to {codebook_size}" if codebook_size else " or more"
+        raise ValueError(f"top_k must be an integer from 1{most}, got {top_k!r}.")
 
 
 def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int, width: int,
@@ -34,11 +49,8 @@ def edit_tokens(model, text_encoder, ids: torch.Tensor, prompts, *, height: int,
                 seed: int = 0, mask: torch.Tensor | None = None, negative_prompt=None,
                 callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Edit token ids ``[B, h, w]`` towards ``prompts``; ``mask`` ``[B, h, w]`` (bool) confines the edit."""
-    check_int("iterations", iterations, 0, MAX_EDIT_ITERATIONS)
-    check_number("fraction", fraction, 0.0, 1.0)
-    if not isinstance(top_k, int) or not 1 <= top_k <= model.codebook_size:
-        raise ValueError(f"top_k must be an integer from 1 to {model.codebook_size}, got {top_k!r}.")
-    options = SamplingOptions(guidance_scale=guidance_scale, seed=seed)  # validates guidance_scale and seed
+    check_edit_settings(iterations, fraction, guidance_scale, top_k, model.codebook_size)
+    options = SamplingOptions(guidance_scale=guidance_scale, seed=seed)  # validates the seed
     batch = ids.shape[0]
     prompts = prompts_per_image(prompts, batch)
     eligible = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(ids.device).bool().expand_as(ids)

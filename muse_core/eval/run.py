@@ -141,7 +141,7 @@ class Evaluator:
     """Runs one setting at a time over batches of scenes; keeps the steps12 ids for the super-res row."""
 
     def __init__(self, pipe, scorer, size: int, seed: int, guidance_scale: float | None, batch_size: int,
-                 edit_iterations: int, progress: bool):
+                 edit_iterations: int | None, progress: bool):
         self.pipe, self.scorer, self.size, self.seed = pipe, scorer, size, seed
         self.guidance_scale, self.batch_size = guidance_scale, batch_size
         self.edit_iterations, self.progress = edit_iterations, progress
@@ -236,9 +236,9 @@ class Evaluator:
         targets = [recoloured(scene, p) for p, scene in zip(positions, scenes)]
         source = rendered(scenes, self.size)
         ids = self.pipe.vq.encode(source)
+        settings = self.pipe.mask_free_settings(iterations=self.edit_iterations)
         edited = edit_tokens(self.pipe.transformer, self.pipe.text_encoder, ids, [t.caption for t in targets],
-                             height=self.size, width=self.size, iterations=self.edit_iterations,
-                             seed=self.seed + positions[0])
+                             height=self.size, width=self.size, **settings, seed=self.seed + positions[0])
         images = self.pipe.vq.decode(edited).cpu()
         passed = []
         for image, original, target in zip(images, source, targets):
@@ -247,7 +247,9 @@ class Evaluator:
             side_passes["recoloured"] += ok
             before = detect(channels_last(original)).objects[0]
             passed.append(ok and stayed_in_place(before, found.objects[0]))
-        row.note = f"{self.edit_iterations} iterations; passes = recoloured and moved <= {MOVE_TOLERANCE}"
+        row.note = (f"{settings['iterations']} iterations, fraction {settings['fraction']:g}, guidance "
+                    f"{settings['guidance_scale']:g}, top-k {settings['top_k']}; passes = recoloured and moved <= "
+                    f"{MOVE_TOLERANCE}")
         return passed
 
     RUNNERS = {  # setting kind -> how it is run
@@ -262,14 +264,14 @@ class Evaluator:
 def evaluate(pipe, scorer=None, *, scenes: list[Scene] | None = None, batch_size: int = 16,
              settings: list[str] | None = None, progress: bool = True, limit: int | None = None, seed: int = 0,
              size: int | None = None, guidance_scale: float | None = None,
-             best_of: int = 8, edit_iterations: int = 100) -> EvalReport:
+             best_of: int = 8, edit_iterations: int | None = None) -> EvalReport:
     """Accuracy of ``pipe`` (a MusePipeline) on the shapes prompts, one row per setting.
 
     scenes: default ``eval_scenes()``; limit: the first N per category (quick runs); settings: keys of
     ``SETTINGS`` (default all); size: base image side (default: the transformer's native size);
     guidance_scale: every guided row's (default: the model's recommended one; in the super_res row, its super-res
     stage's); scorer: a ClipScorer for the best_of row (skipped if None); best_of: samples per prompt in that row;
-    edit_iterations: of mask-free editing (Muse: 100).
+    edit_iterations: of mask-free editing (default: the model's ``mask_free`` settings, else the paper's 100).
     """
     settings = list(SETTINGS) if settings is None else list(settings)
     unknown = [key for key in settings if key not in SETTINGS]

@@ -114,11 +114,11 @@ const DECODING_NODES = {
 
 // With guidance > 1 every step runs the transformer on the prompt and on the negative (or empty)
 // prompt, so a step costs two passes; at <= 1 guidance is off and a step costs one.
-// With sampling_from "model" the steps and guidance come from the model's sampling.json, which the
-// front end cannot see, so no count is shown.
+// With sampling_from "model" the steps (iterations) and guidance come from the model's sampling.json,
+// which the front end cannot see, so no count is shown.
 function costLines(node, { unit, count }) {
     if (widgetValue(node, "sampling_from") === "model") {
-        return ["steps and guidance: the model's recommended settings"];
+        return [`${unit} and guidance: the model's recommended settings`];
     }
     const repeats = count(node);
     const guidance = widgetValue(node, "guidance");
