@@ -103,14 +103,20 @@ def test_reused_stages_are_trained_on_a_data_folder(tiny_cascade, tmp_path):
 
 
 def test_a_warm_restart_continues_the_first_phase_with_a_fresh_optimizer(tmp_path):
-    """The restart phase starts from the first phase's weights (at a negligible learning rate it exports them
-    unchanged, up to the fp16 export) and counts its own steps from 0 (its own optimizer and schedule)."""
-    frozen = dataclasses.replace(PRESETS["tiny"], transformer_restart=TrainConfig(steps=3, batch_size=8, warmup_steps=1,
-                                                                                  lr=1e-30, weight_decay=0.0))
+    """The restart and inpainting phases start from the weights before them (at a negligible learning rate
+    they export the first phase's unchanged, up to the fp16 export) and count their own steps from 0 (their
+    own optimizer and schedule)."""
+    def frozen_phase(steps):
+        return TrainConfig(steps=steps, batch_size=8, warmup_steps=1, lr=1e-30, weight_decay=0.0)
+
+    frozen = dataclasses.replace(PRESETS["tiny"], transformer_restart=frozen_phase(3), transformer_inpaint=frozen_phase(2))
     out, work = tmp_path / "model", tmp_path / "work"
     train_cascade(out, work, frozen, stages=("vqvae", "transformer"), progress=False)
     restart = json.loads((work / "transformer_restart" / "checkpoint" / "trainer.json").read_text())
     assert restart["step"] == 3 and restart["config"]["seed"] == 1  # seed + 1: other batches and masks
+    inpaint = json.loads((work / "transformer_inpaint" / "checkpoint" / "trainer.json").read_text())
+    assert inpaint["step"] == 2 and inpaint["config"]["seed"] == 2
+    assert (work / "objects_16px_4.safetensors").is_file()  # the object boxes it masked
     first_phase = load_file(work / "transformer" / "checkpoint" / "state.safetensors")
     exported = load_file(out / "transformer.safetensors")
     assert exported.keys() == {k.removeprefix("model.model.") for k in first_phase if k.startswith("model.model.")}

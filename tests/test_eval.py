@@ -9,9 +9,9 @@ import torch
 import transformers
 
 from muse_core import load_pipeline
-from muse_core.data.shapes import PLACEMENTS, eval_scenes, negative_scenes, render, training_scenes
+from muse_core.data.shapes import PLACEMENTS, eval_scenes, negative_scenes, object_mask, render, training_scenes
 from muse_core.eval.checker import check, detect
-from muse_core.eval.run import SETTINGS, evaluate, format_table, object_mask
+from muse_core.eval.run import SETTINGS, evaluate, format_table
 from muse_core.pipeline import MusePipeline
 from muse_core.rerank import load_clip_scorer
 

@@ -1,6 +1,7 @@
 """The training loop and the masked-token objectives: masking, prompt dropout, learning, resuming, DDP."""
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -11,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from muse_core.data.shapes import Scene, object_mask, write_dataset
+from muse_core.editing.inpaint import mask_to_token_grid
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
-from muse_core.training.data import CaptionFolder, TokenDataset, boundary_tokens, collate
+from muse_core.training.data import CaptionFolder, TokenDataset, boundary_tokens, collate, object_token_masks
 from muse_core.training.loop import Distributed, TrainConfig, batch_indices, learning_rate, train
 from muse_core.training.muse import (
     MaskedTokenObjective,
@@ -149,6 +152,46 @@ def test_boundary_masking_masks_exactly_the_boundary_tokens():
     assert masked[1].any()  # the random set (at least one token)
     with pytest.raises(ValueError, match="boundaries="):
         objective({key: value for key, value in batch.items() if key != "boundaries"})
+
+
+def test_object_masking_masks_one_present_objects_box():
+    """Share 1: each image masks exactly the token box of one of its objects, never an absent (empty) one;
+    over many draws every present object gets its turn."""
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    objective = MaskedTokenObjective(model, tiny_text_encoder(), image_size=16, train_text_encoder=False,
+                                     object_mask_share=1.0)
+    objects = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    objects[0, 0, :2, :2] = objects[0, 2, 2:, 1:] = True  # image 0: objects 0 and 2; object 1 is absent
+    objects[1, 1, 1:3, 1:3] = True
+    batch = collate([item | {"objects": o} for item, o in zip(token_data(4, count=2), objects)])
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    for _ in range(12):
+        objective(batch)
+    masks = [(step == model.mask_token_id) for step in inputs]
+    assert all(torch.equal(m[1], objects[1, 1]) for m in masks)
+    drawn = {next(k for k in (0, 2) if torch.equal(m[0], objects[0, k])) for m in masks}
+    assert drawn == {0, 2}
+    with pytest.raises(ValueError, match="objects="):
+        objective({key: value for key, value in batch.items() if key != "objects"})
+
+
+def test_object_token_masks_are_the_inpainting_boxes(tmp_path):
+    """The boxes a shapes dataset's objects get are the tokens the inpainting evaluation repaints."""
+    write_dataset(tmp_path, 6, seed=0, size=32, placement="slots")
+    dataset = CaptionFolder(tmp_path, 32)
+    masks = object_token_masks(dataset, 4)
+    scenes = [Scene.from_dict(json.loads(line)["scene"]) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    for scene, mask in zip(scenes, masks):
+        for k in range(4):
+            expected = mask_to_token_grid(torch.from_numpy(object_mask(scene, k, 32))[None], 4)[0] \
+                if k < len(scene.shapes) else torch.zeros(8, 8, dtype=torch.bool)
+            assert torch.equal(mask[k], expected)
+    (tmp_path / "captions.txt").write_text("images/000000.png\ta caption\n")
+    (tmp_path / "captions.jsonl").unlink()
+    with pytest.raises(ValueError, match='has no "scene": object masks need a shapes dataset'):
+        object_token_masks(CaptionFolder(tmp_path, 32), 4)
 
 
 def test_image_mean_loss_weighs_each_image_once():

@@ -3,8 +3,8 @@
 A style LoRA of the embedded model: 16 shapes images on a navy background whose captions do not mention the
 background, so the LoRA learns navy backgrounds as a style (the base model picks a background of its own when
 the prompt names none; with the LoRA at strength 1 a named background turns navy too: with the embedded
-v2, its base warm-restarted after 16000 steps, seeds 0-3 of "a red circle on a green background" and "a yellow
-square on a white background" came out on navy 7 times of 8). It is trained with ``muse train --lora``, rank 4, on one thread;
+v2, its base with the inpainting phase, seeds 0-3 of "a red circle on a green background" and "a yellow
+square on a white background" came out on navy 6 times of 8). It is trained with ``muse train --lora``, rank 4, on one thread;
 one to three minutes on the 2-core CPU (258 KB). Run again (after deleting the file) to retrain it::
 
     python tools/make_example_lora.py

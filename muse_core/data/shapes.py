@@ -185,6 +185,18 @@ def describe(scene: Scene) -> str:
 # ---- sampling ----
 
 
+def object_mask(scene: Scene, index: int, size: int) -> np.ndarray:
+    """float32 ``[size, size]``, 1 on a rectangle around object ``index`` (half the gap to other shapes): the
+    area inpainting evaluation repaints, and the one inpainting-style training masks."""
+    x0, y0, x1, y1 = scene.shapes[index].box()
+    pad = GAP / 2
+    left, top = max(int((x0 - pad) * size), 0), max(int((y0 - pad) * size), 0)
+    right, bottom = min(int((x1 + pad) * size) + 1, size), min(int((y1 + pad) * size) + 1, size)
+    mask = np.zeros((size, size), np.float32)
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
 def boxes_apart(a: Shape, b: Shape) -> bool:
     ax0, ay0, ax1, ay1 = a.box()
     bx0, by0, bx1, by1 = b.box()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from ..data.shapes import CATEGORIES, GAP, SHAPE_COLOURS, Scene, eval_scenes, render
+from ..data.shapes import CATEGORIES, SHAPE_COLOURS, Scene, eval_scenes, object_mask, render
 from ..editing import INPAINT_MASK_SCHEDULE, edit_tokens, inpaint
 from ..sampling import SUPER_RES_STEPS, SamplingOptions, generate, super_resolve
 from .checker import DetectedObject, check, detect
@@ -95,17 +95,6 @@ def channels_last(image: torch.Tensor) -> torch.Tensor:
 def rendered(scenes: list[Scene], size: int) -> torch.Tensor:
     """Ground-truth renders as a float [B, 3, size, size] batch in [0, 1]."""
     return torch.stack([torch.from_numpy(render(scene, size)).permute(2, 0, 1).float() / 255 for scene in scenes])
-
-
-def object_mask(scene: Scene, index: int, size: int) -> torch.Tensor:
-    """[size, size] float mask, 1 on a rectangle around object ``index`` (half the gap to other shapes)."""
-    x0, y0, x1, y1 = scene.shapes[index].box()
-    pad = GAP / 2
-    left, top = max(int((x0 - pad) * size), 0), max(int((y0 - pad) * size), 0)
-    right, bottom = min(int((x1 + pad) * size) + 1, size), min(int((y1 + pad) * size) + 1, size)
-    mask = torch.zeros(size, size)
-    mask[top:bottom, left:right] = 1
-    return mask
 
 
 def recoloured(scene: Scene, index: int) -> Scene:
@@ -222,7 +211,7 @@ class Evaluator:
 
     def run_inpaint(self, setting, positions, scenes, row, side_passes) -> list[bool]:
         source = rendered(scenes, self.size)
-        masks = torch.stack([object_mask(scene, p % len(scene.shapes), self.size)
+        masks = torch.stack([torch.from_numpy(object_mask(scene, p % len(scene.shapes), self.size))
                              for p, scene in zip(positions, scenes)])
         options = self.options(setting, self.seed + positions[0], mask_schedule=INPAINT_MASK_SCHEDULE)
         result = inpaint(self.pipe.transformer, self.pipe.vq, self.pipe.text_encoder, source, masks,

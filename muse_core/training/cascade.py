@@ -36,7 +36,15 @@ from ..models.vq import VQTokenizer
 from ..output import atomic_output
 from ..pipeline import DEFAULT_MODEL_DIR, SAMPLING_FILE
 from ..text.t5 import load_t5_encoder
-from .data import CaptionFolder, RandomCrops, TokenDataset, boundary_tokens, collate, encode_images
+from .data import (
+    CaptionFolder,
+    RandomCrops,
+    TokenDataset,
+    boundary_tokens,
+    collate,
+    encode_images,
+    object_token_masks,
+)
 from .loop import TrainConfig, setup_distributed, train
 from .muse import MaskedTokenObjective, balanced_code_weights
 from .text_encoder import new_t5_encoder
@@ -70,6 +78,11 @@ class CascadePreset:
     # AdamW and this config's own warmup and cosine, batches and masks drawn with seed + 1 (checkpoints in
     # work_dir/transformer_restart/). None: one phase.
     transformer_restart: TrainConfig | None = None
+    # A last phase for inpainting, from the weights before it (fresh AdamW, seed + 2, work_dir/transformer_inpaint/):
+    # a share ``inpaint_object_mask_share`` of the images masks one object's box, as inpainting repaints it
+    # (MaskedTokenObjective object_mask_share; needs a shapes dataset's scenes). None: no such phase.
+    transformer_inpaint: TrainConfig | None = None
+    inpaint_object_mask_share: float = 0.25
     sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
     # Fixes measured on the shapes data (docs/evaluation.md); the defaults are the plain reference recipe:
     vq_patch_consistency: float = 0.0  # the base VQ's VQObjective patch_consistency
@@ -121,6 +134,7 @@ PRESETS: dict[str, CascadePreset] = {
         super_res=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         reranker=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
         transformer_restart=TrainConfig(steps=2, batch_size=8, warmup_steps=1),
+        transformer_inpaint=TrainConfig(steps=2, batch_size=8, warmup_steps=1),
         # so that the tests run the options end to end
         vq_patch_consistency=1.0, sr_vq_patch_consistency=1.0, base_positions="sincos", text_lr_scale=0.1,
         text_position_bias_std=2.0, clip_speck_negatives=True, shape_placement="slots", base_grid_res_blocks=1,
@@ -131,11 +145,13 @@ PRESETS: dict[str, CascadePreset] = {
 # The embedded default model (muse_core/default_model, v2, 2026-12-04): v1's sizes, VQs and reranker, on slot
 # data, which puts the objects where the first sampling steps expect them, with the options that passed the
 # boundary-infill gate and a super-res model that reads the low-res layout directly (docs/evaluation.md). Its
-# base: 16000 steps, then a warm restart of 12000 at 0.3x the peak learning rate.
+# base: 16000 steps, then a warm restart of 12000 at 0.3x the peak learning rate, then 3000 steps with a
+# quarter of the images masked as inpainting masks them (inpainting 47% -> 67%).
 PRESETS["shipped"] = dataclasses.replace(
     PRESETS["v1"], shape_placement="slots", base_grid_res_blocks=1,
     transformer=dataclasses.replace(PRESETS["v1"].transformer, steps=16000),
     transformer_restart=dataclasses.replace(PRESETS["v1"].transformer, steps=12000, lr=3e-4),
+    transformer_inpaint=dataclasses.replace(PRESETS["v1"].transformer, steps=3000, lr=1e-4),
     reused_stages=("vqvae", "super_res_vqvae", "reranker"), boundary_mask_share=0.5, image_mean_loss=True,
     sr_add_lowres_to_tokens=True,
     # v1's token temperature 0.5 for the base (0.1 drew cleaner shapes early in training, 0.5 is better for
@@ -224,6 +240,11 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
         objective = run("transformer", objective, dataset, preset.transformer)
         if preset.transformer_restart is not None:
             objective = run("transformer_restart", objective, dataset, preset.transformer_restart, seed + 1)
+        if preset.transformer_inpaint is not None:
+            objective.object_mask_share = preset.inpaint_object_mask_share
+            objects = _object_cache(work_dir, data_dir, world, preset.base_size, ids.shape[-1])
+            dataset = TokenDataset(captions, ids, boundaries=boundaries, objects=objects)
+            objective = run("transformer_inpaint", objective, dataset, preset.transformer_inpaint, seed + 2)
         _export(objective, world, out_dir, "transformer")
         if world.is_main and preset.sampling:
             (out_dir / SAMPLING_FILE).write_text(json.dumps(preset.sampling, indent=2) + "\n")
@@ -304,6 +325,14 @@ def _boundary_cache(work_dir: Path, data_dir: Path, world, resolution: int, grid
         return boundary_tokens(CaptionFolder(data_dir, resolution), resolution // grid).to(torch.uint8)
 
     return _cached(work_dir / f"boundaries_{resolution}px_{grid}.safetensors", "boundaries", compute, world).bool()
+
+
+def _object_cache(work_dir: Path, data_dir: Path, world, resolution: int, grid: int) -> torch.Tensor:
+    """The dataset's object boxes (``object_token_masks``) on a ``grid``^2 token grid, computed once."""
+    def compute() -> torch.Tensor:
+        return object_token_masks(CaptionFolder(data_dir, resolution), resolution // grid).to(torch.uint8)
+
+    return _cached(work_dir / f"objects_{resolution}px_{grid}.safetensors", "objects", compute, world).bool()
 
 
 def _cached(path: Path, key: str, compute, world, **metadata) -> torch.Tensor:

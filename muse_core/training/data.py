@@ -3,8 +3,8 @@
 A dataset folder holds images and one caption file:
 
 * ``captions.jsonl``: one JSON object per line, ``{"image": "relative/path.png", "caption": "..."}``,
-  optionally ``"negatives": ["caption that does not match", ...]`` (hard negatives for the reranker);
-  other keys are ignored;
+  optionally ``"negatives": ["caption that does not match", ...]`` (hard negatives for the reranker) and
+  ``"scene"`` (a shapes dataset's scene, for ``object_token_masks``); other keys are ignored;
 * or ``captions.txt``: one ``relative/path.png<TAB>caption`` per line.
 
 Images are resized (short side, area filter when shrinking) and center-cropped to a square resolution.
@@ -39,7 +39,8 @@ def read_captions(folder: Path) -> list[dict]:
         try:
             if path.suffix == ".jsonl":
                 record = json.loads(line)
-                record = {"image": record["image"], "caption": record["caption"], "negatives": record.get("negatives", [])}
+                record = {"image": record["image"], "caption": record["caption"], "negatives": record.get("negatives", []),
+                          **({"scene": record["scene"]} if "scene" in record else {})}
             else:
                 image, caption = line.split("\t", 1)
                 record = {"image": image, "caption": caption, "negatives": []}
@@ -123,19 +124,22 @@ class RandomCrops(torch.utils.data.Dataset):
 
 
 class TokenDataset(torch.utils.data.Dataset):
-    """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "boundaries"?: bool [h,w], "caption": str}``
-    for transformer training (``boundaries``: see ``boundary_tokens``).
+    """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "boundaries"?: bool [h,w],
+    "objects"?: bool [n,h,w], "caption": str}`` for transformer training (``boundaries``: see
+    ``boundary_tokens``; ``objects``: ``object_token_masks``).
 
     The VQ tokenizers are frozen while the transformers train, so each image is encoded once, not
     once per epoch.
     """
 
     def __init__(self, captions: list[str], ids: torch.Tensor, lowres_ids: torch.Tensor | None = None,
-                 boundaries: torch.Tensor | None = None):
-        if any(extra is not None and len(extra) != len(ids) for extra in (lowres_ids, boundaries)) \
+                 boundaries: torch.Tensor | None = None, objects: torch.Tensor | None = None):
+        if any(extra is not None and len(extra) != len(ids) for extra in (lowres_ids, boundaries, objects)) \
                 or len(captions) != len(ids):
-            raise ValueError("TokenDataset: captions, ids, lowres_ids and boundaries must have one entry per image.")
-        self.captions, self.ids, self.lowres_ids, self.boundaries = captions, ids, lowres_ids, boundaries
+            raise ValueError("TokenDataset: captions, ids, lowres_ids, boundaries and objects must have one entry "
+                             "per image.")
+        self.captions, self.ids, self.lowres_ids = captions, ids, lowres_ids
+        self.boundaries, self.objects = boundaries, objects
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,6 +150,8 @@ class TokenDataset(torch.utils.data.Dataset):
             item["lowres_ids"] = self.lowres_ids[index]
         if self.boundaries is not None:
             item["boundaries"] = self.boundaries[index]
+        if self.objects is not None:
+            item["objects"] = self.objects[index]
         return item
 
 
@@ -178,6 +184,25 @@ def boundary_tokens(dataset: CaptionFolder, factor: int, batch_size: int = 256) 
     """bool ``[N, H/factor, W/factor]``: the tokens of each image whose pixel patch holds more than one colour
     (an edge crosses it; ``training.vq.boundary_patches`` on the uint8 pixels)."""
     return torch.cat([boundary_patches(images, factor, levels=256) for images in image_batches(dataset, batch_size)])
+
+
+def object_token_masks(dataset: CaptionFolder, factor: int, max_objects: int = 4) -> torch.Tensor:
+    """bool ``[N, max_objects, H/factor, W/factor]``: for each image of a shapes dataset (its records'
+    ``scene``), the tokens touching each object's inpainting box (``shapes.object_mask``, the evaluation's,
+    with inpainting's token rule); all False for the missing objects."""
+    from ..data.shapes import Scene, object_mask  # noqa: PLC0415  (the shapes domain, not every dataset's)
+    from ..editing.inpaint import mask_to_token_grid  # noqa: PLC0415  (editing imports the samplers)
+
+    size, grid = dataset.resolution, dataset.resolution // factor
+    masks = torch.zeros(len(dataset), max_objects, grid, grid, dtype=torch.bool)
+    for index, record in enumerate(dataset.records):
+        if "scene" not in record:
+            raise ValueError(f"{dataset.folder}: record {index} ({record['image']}) has no \"scene\": object masks "
+                             "need a shapes dataset (muse_core.data.shapes.write_dataset).")
+        scene = Scene.from_dict(record["scene"])
+        pixels = torch.stack([torch.from_numpy(object_mask(scene, k, size)) for k in range(len(scene.shapes))])
+        masks[index, :len(scene.shapes)] = mask_to_token_grid(pixels, factor)
+    return masks
 
 
 def image_batches(dataset: CaptionFolder, batch_size: int):

@@ -66,6 +66,11 @@ class MaskedTokenObjective(nn.Module):
     leaves a shape's outline for its last steps, with every flat token around it known: a state that random
     masking at the arccos rates almost never draws.
 
+    ``object_mask_share``: that share of the images masks the tokens of one of its objects' boxes (one of
+    ``batch["objects"]``, bool ``[B, n, h, w]``, an all-False box for a missing object), as inpainting
+    does: a hole with every token around it known, which the caption's missing object must fill. Drawn after
+    the boundary masks, so it takes its share of every image.
+
     ``image_mean_loss``: the loss is the mean over images of each image's mean over its masked tokens (Muse: the
     mean over all masked tokens of the batch, so that an image masked at rate 0.9 weighs 9x one at 0.1, and an
     image with its ~10 boundary tokens masked next to nothing).
@@ -74,10 +79,11 @@ class MaskedTokenObjective(nn.Module):
     def __init__(self, model: nn.Module, text_encoder: nn.Module, image_size: int, train_text_encoder: bool,
                  label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = AESTHETIC_SCORE,
                  text_encoder_lr_scale: float = 1.0, code_weights: torch.Tensor | None = None,
-                 boundary_mask_share: float = 0.0, image_mean_loss: bool = False):
+                 boundary_mask_share: float = 0.0, image_mean_loss: bool = False, object_mask_share: float = 0.0):
         super().__init__()
-        if not 0.0 <= boundary_mask_share <= 1.0:
-            raise ValueError(f"boundary_mask_share={boundary_mask_share}: a share of the batch, in [0, 1].")
+        for name, share in (("boundary_mask_share", boundary_mask_share), ("object_mask_share", object_mask_share)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}={share}: a share of the batch, in [0, 1].")
         self.model = model
         self.text_encoder = text_encoder
         self.text_encoder.requires_grad_(train_text_encoder)
@@ -88,6 +94,7 @@ class MaskedTokenObjective(nn.Module):
         self.aesthetic_score = aesthetic_score
         self.text_encoder_lr_scale = text_encoder_lr_scale
         self.boundary_mask_share = boundary_mask_share
+        self.object_mask_share = object_mask_share
         self.image_mean_loss = image_mean_loss
         # [K] cross-entropy weight of each target code (balanced_code_weights); a buffer so it follows .to()
         self.register_buffer("code_weights", code_weights, persistent=False)
@@ -109,6 +116,8 @@ class MaskedTokenObjective(nn.Module):
         masked = masked.view(batch_size, height, width)
         if self.boundary_mask_share > 0:
             masked = self._mask_boundaries(batch, masked)
+        if self.object_mask_share > 0:
+            masked = self._mask_objects(batch, masked)
         inputs = torch.where(masked, self.model.mask_token_id, ids)
 
         captions = drop_prompts(batch["captions"], self.prompt_dropout if self.training else 0.0)
@@ -148,6 +157,18 @@ class MaskedTokenObjective(nn.Module):
         chosen = torch.rand(len(masked), device=masked.device) < self.boundary_mask_share
         chosen &= boundaries.flatten(1).any(dim=1)  # nothing to mask in an image without edges: keep its random set
         return torch.where(chosen[:, None, None], boundaries, masked)
+
+    def _mask_objects(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
+        if "objects" not in batch:
+            raise ValueError("object_mask_share needs each item's object boxes: build the TokenDataset with "
+                             "objects= (training.data.object_token_masks).")
+        objects = batch["objects"].to(masked.device, torch.bool)  # [B, n, h, w]
+        present = objects.flatten(2).any(dim=2)  # [B, n]
+        # one present object per image, uniformly: random keys, absent objects never win
+        pick = torch.where(present, torch.rand(present.shape, device=masked.device), -1.0).argmax(dim=1)
+        boxes = objects[torch.arange(len(objects), device=masked.device), pick]
+        chosen = (torch.rand(len(masked), device=masked.device) < self.object_mask_share) & present.any(dim=1)
+        return torch.where(chosen[:, None, None], boxes, masked)
 
     def export(self, folder: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
         """Write the transformer as ``folder/<name>.safetensors`` (and the text encoder if it was trained)."""
