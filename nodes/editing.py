@@ -21,7 +21,7 @@ from .previews import progress_callback
 from .runtime import LoadedModel, running
 from .sampling import sampling_options
 from .types import CONDITIONING, TOKENS, TRANSFORMER, VQ, MuseTokens, image_from_comfy, image_to_comfy, mask_from_comfy
-from .widgets import SAMPLING_FROM, combo, decoding_options, sampling_from, seed
+from .widgets import SAMPLING_FROM, combo, decoding_options, from_model, sampling_from, seed
 
 EMPTY_LOADIMAGE_MASK = (64, 64)  # what LoadImage returns for an image without alpha
 
@@ -125,10 +125,7 @@ class MuseOutpaint:
 
 def mask_free_settings(loaded: LoadedModel, widgets: dict, sampling_from: str | None) -> dict:
     """The edit's settings: the widgets', or with ``sampling_from="model"`` the model's recommended ones."""
-    choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
-    if choice not in SAMPLING_FROM:
-        raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
-    return widgets if choice == "widgets" else mask_free_over(loaded.mask_free, {})
+    return mask_free_over(loaded.mask_free, {}) if from_model(sampling_from) else widgets
 
 
 class MuseMaskFreeEdit:

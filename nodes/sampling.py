@@ -11,7 +11,7 @@ from muse_core.sampling.schedules import SINGLE_TEMPERATURE_END
 from .previews import progress_callback
 from .runtime import LoadedModel, running
 from .types import CONDITIONING, SUPER_RES, TOKENS, TRANSFORMER, VQ, MuseTokens, image_to_comfy
-from .widgets import SAMPLING_FROM, decoding_options, sampling_from, seed
+from .widgets import decoding_options, from_model, sampling_from, seed
 
 # ComfyUI widgets are static, so a size widget goes up to what the largest supported model takes; the loaded
 # model's own limit (muse_core.limits.check_side: MAX_TOKENS_PER_SIDE tokens times its VQ factor) stops a run
@@ -31,13 +31,10 @@ def sampling_options(loaded: LoadedModel, decoding: dict, sampling_from: str | N
     """A node's decoding options: its seed and ``decoding_options`` widgets, or with ``sampling_from="model"``
     the model's recommended settings (then ``mask_schedule``, then aMUSEd's defaults), except the
     ``widget_fields`` and the seed, which stay the widgets'."""
-    choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
     widgets = {field: decoding[widget] for widget, field in WIDGET_FIELDS.items()}
     widgets["temperature"] = (decoding["temperature_start"], decoding["temperature_end"])
-    if choice == "widgets":
+    if not from_model(sampling_from):
         return SamplingOptions(**widgets, seed=decoding["seed"])
-    if choice != "model":
-        raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
     recommended = ({"mask_schedule": mask_schedule} if mask_schedule else {}) | loaded.sampling
     return SamplingOptions(**(recommended | {k: widgets[k] for k in widget_fields}), seed=decoding["seed"])
 

@@ -69,6 +69,14 @@ def decoding_options(steps: int = 12, guidance: float = 10.0, mask_schedule: str
 SAMPLING_FROM = ("widgets", "model")
 
 
+def from_model(sampling_from: str | None) -> bool:
+    """Whether a node's ``sampling_from`` input asks for the model's recommended settings."""
+    choice = sampling_from or "widgets"  # None: a workflow saved before the input existed
+    if choice not in SAMPLING_FROM:
+        raise ValueError(f"sampling_from must be one of {SAMPLING_FROM}, got {choice!r}.")
+    return choice == "model"
+
+
 def sampling_from(kept: str = "") -> dict:
     """The optional input that chooses between the widgets and the model's recommended settings.
 

@@ -15,7 +15,7 @@ from ..limits import MAX_IMAGES, MAX_LORA_STRENGTH, MAX_SEED, MAX_STEPS, check_t
 from ..loading.dtypes import DTYPE_NAMES
 from ..loading.errors import CheckpointError
 from ..loading.lora import apply_lora, lora_parts
-from ..pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline, read_sampling_defaults
+from ..pipeline import DEFAULT_MODEL_DIR, MusePipeline, load_pipeline, read_mask_free_defaults, read_sampling_defaults
 from ..sampling import SamplingOptions
 from ..sampling.schedules import GUIDANCE_SCHEDULES, MASK_SCHEDULES
 
@@ -115,6 +115,14 @@ def defaults_note(field: str, show=str) -> str:
     amused = show(getattr(SamplingOptions(), field))
     built_in = read_sampling_defaults(DEFAULT_MODEL_DIR).get(field) if DEFAULT_MODEL_DIR.is_dir() else None
     return f"aMUSEd: {amused}" + ("" if built_in is None else f"; built-in model: {show(built_in)}")
+
+
+def mask_free_note(name: str) -> str:
+    """"paper: X; built-in model: Y" for a mask-free editing setting, from the two sources of those defaults."""
+    from ..editing.maskfree import PAPER_SETTINGS  # noqa: PLC0415  (editing imports the samplers)
+
+    built_in = read_mask_free_defaults(DEFAULT_MODEL_DIR).get(name) if DEFAULT_MODEL_DIR.is_dir() else None
+    return f"paper: {PAPER_SETTINGS[name]:g}" + ("" if built_in is None else f"; built-in model: {built_in:g}")
 
 
 def show_temperature(value) -> str:

@@ -12,10 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..editing import (
-    EDIT_FRACTION,
-    EDIT_GUIDANCE,
-    EDIT_ITERATIONS,
-    EDIT_TOP_K,
     INPAINT_MASK_SCHEDULE,
     edit_image,
     inpaint,
@@ -24,7 +20,7 @@ from ..editing import (
 from ..geometry import round_up
 from ..image_files import read_image, read_mask
 from ..limits import MAX_EDIT_ITERATIONS, MAX_PIXELS_PER_SIDE
-from ..pipeline import DEFAULT_MODEL_DIR, MusePipeline, read_mask_free_defaults
+from ..pipeline import MusePipeline
 from ..sampling import img2img
 from .arguments import (
     UsageError,
@@ -36,6 +32,7 @@ from .arguments import (
     bounded_float,
     bounded_int,
     load_model_folder,
+    mask_free_note,
     model_folder,
     require_prompt,
     sampling_options,
@@ -181,28 +178,18 @@ def add_outpaint(subparsers) -> None:
                       extra=margins)
 
 
-def built_in_mask_free(name: str) -> str:
-    """"; built-in model: V" where the embedded model's sampling.json recommends its own value."""
-    value = read_mask_free_defaults(DEFAULT_MODEL_DIR).get(name) if DEFAULT_MODEL_DIR.is_dir() else None
-    return "" if value is None else f"; built-in model: {value:g}"
-
-
 def add_edit(subparsers) -> None:
     def editing(parser):
         group = parser.add_argument_group("editing (defaults: the model folder's sampling.json, \"mask_free\", "
                                           "else the paper's)")
         group.add_argument("--iterations", type=bounded_int(1, MAX_EDIT_ITERATIONS),
-                           help=f"resampling rounds, one transformer pass each (paper: {EDIT_ITERATIONS}"
-                                f"{built_in_mask_free('iterations')})")
+                           help=f"resampling rounds, one transformer pass each ({mask_free_note('iterations')})")
         group.add_argument("--fraction", type=bounded_float(0.0, 1.0),
-                           help=f"share of tokens resampled per iteration (paper: {EDIT_FRACTION}"
-                                f"{built_in_mask_free('fraction')})")
+                           help=f"share of tokens resampled per iteration ({mask_free_note('fraction')})")
         group.add_argument("--guidance", type=bounded_float(0.0),
-                           help=f"classifier-free guidance scale (paper: {EDIT_GUIDANCE:g}"
-                                f"{built_in_mask_free('guidance_scale')})")
+                           help=f"classifier-free guidance scale ({mask_free_note('guidance_scale')})")
         group.add_argument("--top-k", type=bounded_int(1, 1 << 20),
-                           help=f"sample among the k likeliest tokens (paper: {EDIT_TOP_K}"
-                                f"{built_in_mask_free('top_k')})")
+                           help=f"sample among the k likeliest tokens ({mask_free_note('top_k')})")
 
     add_image_command(subparsers, EDIT, "mask-free editing towards a prompt (Muse)",
                       "Move IMAGE towards PROMPT by resampling a small random share of its tokens, many times.",
