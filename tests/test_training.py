@@ -17,7 +17,14 @@ from muse_core.editing.inpaint import mask_to_token_grid
 from muse_core.models.super_res import SuperResTransformer
 from muse_core.models.uvit import MaskedTokenUViT
 from muse_core.training.cascade import PRESETS, super_res_config, transformer_config
-from muse_core.training.data import CaptionFolder, TokenDataset, boundary_tokens, collate, object_token_masks
+from muse_core.training.data import (
+    CaptionFolder,
+    TokenDataset,
+    boundary_tokens,
+    collate,
+    object_token_masks,
+    reordered_captions,
+)
 from muse_core.training.loop import Distributed, TrainConfig, batch_indices, learning_rate, train
 from muse_core.training.muse import (
     MaskedTokenObjective,
@@ -177,6 +184,31 @@ def test_object_masking_masks_one_present_objects_box():
         objective({key: value for key, value in batch.items() if key != "objects"})
 
 
+def test_object_masked_images_take_their_reordered_captions():
+    """Reorder chance 1: an image whose object box is masked is captioned by its reordered caption where it
+    has one; an image without objects (no box masked) or without a reordered caption keeps its own."""
+    torch.manual_seed(0)
+    model = MaskedTokenUViT(transformer_config(TINY, 4, 1))
+    text_encoder = tiny_text_encoder()
+    objective = MaskedTokenObjective(model, text_encoder, image_size=16, train_text_encoder=False,
+                                     prompt_dropout=0.0, object_mask_share=1.0, object_caption_reorder=1.0)
+    objects = torch.zeros(3, 2, 4, 4, dtype=torch.bool)
+    objects[0, 0, :2, :2] = objects[1, 1, 2:, 2:] = True  # image 2 has no object
+    others = ["the other order", None, "never used"]
+    items = token_data(4, count=3)
+    batch = collate([item | {"objects": o, "reordered_caption": r} for item, o, r in zip(items, objects, others)])
+    seen = []
+    text_encoder.register_forward_pre_hook(lambda module, args: seen.append(list(args[0])))
+    objective(batch)
+    assert seen[-1] == ["the other order", items[1]["caption"], items[2]["caption"]]
+    objective.object_caption_reorder = 0.0
+    objective(batch)
+    assert seen[-1] == batch["captions"]
+    objective.object_caption_reorder = 1.0
+    with pytest.raises(ValueError, match="reordered_captions="):
+        objective({key: value for key, value in batch.items() if key != "reordered_captions"})
+
+
 def test_object_token_masks_are_the_inpainting_boxes(tmp_path):
     """The boxes a shapes dataset's objects get are the tokens the inpainting evaluation repaints."""
     write_dataset(tmp_path, 6, seed=0, size=32, placement="slots")
@@ -192,6 +224,8 @@ def test_object_token_masks_are_the_inpainting_boxes(tmp_path):
     (tmp_path / "captions.jsonl").unlink()
     with pytest.raises(ValueError, match='has no "scene": object masks need a shapes dataset'):
         object_token_masks(CaptionFolder(tmp_path, 32), 4)
+    with pytest.raises(ValueError, match='has no "scene": reordered captions need a shapes dataset'):
+        reordered_captions(CaptionFolder(tmp_path, 32))
 
 
 def test_image_mean_loss_weighs_each_image_once():

@@ -182,6 +182,12 @@ def describe(scene: Scene) -> str:
     return caption
 
 
+def reordered_caption(scene: Scene) -> str | None:
+    """The caption of ``scene`` naming its two objects the other way round, for a pair (whose caption's
+    order says nothing of the picture); None for the other categories (a relation or a count fixes it)."""
+    return scene.replace(shapes=scene.shapes[::-1]).caption if scene.category == "pair" else None
+
+
 # ---- sampling ----
 
 

@@ -44,6 +44,7 @@ from .data import (
     collate,
     encode_images,
     object_token_masks,
+    reordered_captions,
 )
 from .loop import TrainConfig, setup_distributed, train
 from .muse import MaskedTokenObjective, balanced_code_weights
@@ -83,6 +84,9 @@ class CascadePreset:
     # (MaskedTokenObjective object_mask_share; needs a shapes dataset's scenes). None: no such phase.
     transformer_inpaint: TrainConfig | None = None
     inpaint_object_mask_share: float = 0.25
+    # the chance that such an image of a pair is captioned naming its objects the other way round (a hole on
+    # either side; MaskedTokenObjective object_caption_reorder)
+    inpaint_caption_reorder: float = 0.5
     sampling: dict = dataclasses.field(default_factory=dict)  # written to the model's sampling.json
     # Fixes measured on the shapes data (docs/evaluation.md); the defaults are the plain reference recipe:
     vq_patch_consistency: float = 0.0  # the base VQ's VQObjective patch_consistency
@@ -242,8 +246,10 @@ def train_cascade(out_dir: str | Path, work_dir: str | Path, preset: str | Casca
             objective = run("transformer_restart", objective, dataset, preset.transformer_restart, seed + 1)
         if preset.transformer_inpaint is not None:
             objective.object_mask_share = preset.inpaint_object_mask_share
+            objective.object_caption_reorder = preset.inpaint_caption_reorder
             objects = _object_cache(work_dir, data_dir, world, preset.base_size, ids.shape[-1])
-            dataset = TokenDataset(captions, ids, boundaries=boundaries, objects=objects)
+            dataset = TokenDataset(captions, ids, boundaries=boundaries, objects=objects,
+                                   reordered_captions=reordered_captions(base_images))
             objective = run("transformer_inpaint", objective, dataset, preset.transformer_inpaint, seed + 2)
         _export(objective, world, out_dir, "transformer")
         if world.is_main and preset.sampling:

@@ -4,7 +4,8 @@ A dataset folder holds images and one caption file:
 
 * ``captions.jsonl``: one JSON object per line, ``{"image": "relative/path.png", "caption": "..."}``,
   optionally ``"negatives": ["caption that does not match", ...]`` (hard negatives for the reranker) and
-  ``"scene"`` (a shapes dataset's scene, for ``object_token_masks``); other keys are ignored;
+  ``"scene"`` (a shapes dataset's scene, for ``object_token_masks`` and ``reordered_captions``); other keys
+  are ignored;
 * or ``captions.txt``: one ``relative/path.png<TAB>caption`` per line.
 
 Images are resized (short side, area filter when shrinking) and center-cropped to a square resolution.
@@ -125,21 +126,23 @@ class RandomCrops(torch.utils.data.Dataset):
 
 class TokenDataset(torch.utils.data.Dataset):
     """Pre-tokenised items ``{"ids": [h,w], "lowres_ids"?: [h',w'], "boundaries"?: bool [h,w],
-    "objects"?: bool [n,h,w], "caption": str}`` for transformer training (``boundaries``: see
-    ``boundary_tokens``; ``objects``: ``object_token_masks``).
+    "objects"?: bool [n,h,w], "caption": str, "reordered_caption"?: str | None}`` for transformer training
+    (``boundaries``: see ``boundary_tokens``; ``objects``: ``object_token_masks``; ``reordered_caption``:
+    ``reordered_captions``).
 
     The VQ tokenizers are frozen while the transformers train, so each image is encoded once, not
     once per epoch.
     """
 
     def __init__(self, captions: list[str], ids: torch.Tensor, lowres_ids: torch.Tensor | None = None,
-                 boundaries: torch.Tensor | None = None, objects: torch.Tensor | None = None):
-        if any(extra is not None and len(extra) != len(ids) for extra in (lowres_ids, boundaries, objects)) \
-                or len(captions) != len(ids):
-            raise ValueError("TokenDataset: captions, ids, lowres_ids, boundaries and objects must have one entry "
-                             "per image.")
+                 boundaries: torch.Tensor | None = None, objects: torch.Tensor | None = None,
+                 reordered_captions: list[str | None] | None = None):
+        extras = (lowres_ids, boundaries, objects, reordered_captions)
+        if any(extra is not None and len(extra) != len(ids) for extra in extras) or len(captions) != len(ids):
+            raise ValueError("TokenDataset: captions, ids, lowres_ids, boundaries, objects and reordered_captions "
+                             "must have one entry per image.")
         self.captions, self.ids, self.lowres_ids = captions, ids, lowres_ids
-        self.boundaries, self.objects = boundaries, objects
+        self.boundaries, self.objects, self.reordered_captions = boundaries, objects, reordered_captions
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,6 +155,8 @@ class TokenDataset(torch.utils.data.Dataset):
             item["boundaries"] = self.boundaries[index]
         if self.objects is not None:
             item["objects"] = self.objects[index]
+        if self.reordered_captions is not None:
+            item["reordered_caption"] = self.reordered_captions[index]
         return item
 
 
@@ -160,8 +165,8 @@ def collate(items: list[dict]) -> dict:
     batch = {}
     for key in items[0]:
         values = [item[key] for item in items]
-        if key == "caption":
-            batch["captions"] = values
+        if key in ("caption", "reordered_caption"):
+            batch[key + "s"] = values
         elif isinstance(values[0], torch.Tensor):
             batch[key] = torch.stack(values)
         else:
@@ -195,14 +200,27 @@ def object_token_masks(dataset: CaptionFolder, factor: int, max_objects: int = 4
 
     size, grid = dataset.resolution, dataset.resolution // factor
     masks = torch.zeros(len(dataset), max_objects, grid, grid, dtype=torch.bool)
-    for index, record in enumerate(dataset.records):
-        if "scene" not in record:
-            raise ValueError(f"{dataset.folder}: record {index} ({record['image']}) has no \"scene\": object masks "
-                             "need a shapes dataset (muse_core.data.shapes.write_dataset).")
+    for index, record in enumerate(_scene_records(dataset, "object masks")):
         scene = Scene.from_dict(record["scene"])
         pixels = torch.stack([torch.from_numpy(object_mask(scene, k, size)) for k in range(len(scene.shapes))])
         masks[index, :len(scene.shapes)] = mask_to_token_grid(pixels, factor)
     return masks
+
+
+def reordered_captions(dataset: CaptionFolder) -> list[str | None]:
+    """For each image of a shapes dataset, its caption naming the objects the other way round where that
+    says the same (``shapes.reordered_caption``: pairs), else None."""
+    from ..data.shapes import Scene, reordered_caption  # noqa: PLC0415
+
+    return [reordered_caption(Scene.from_dict(record["scene"])) for record in _scene_records(dataset, "reordered captions")]
+
+
+def _scene_records(dataset: CaptionFolder, what: str) -> list[dict]:
+    for index, record in enumerate(dataset.records):
+        if "scene" not in record:
+            raise ValueError(f"{dataset.folder}: record {index} ({record['image']}) has no \"scene\": {what} "
+                             "need a shapes dataset (muse_core.data.shapes.write_dataset).")
+    return dataset.records
 
 
 def image_batches(dataset: CaptionFolder, batch_size: int):

@@ -69,7 +69,11 @@ class MaskedTokenObjective(nn.Module):
     ``object_mask_share``: that share of the images masks the tokens of one of its objects' boxes (one of
     ``batch["objects"]``, bool ``[B, n, h, w]``, an all-False box for a missing object), as inpainting
     does: a hole with every token around it known, which the caption's missing object must fill. Drawn after
-    the boundary masks, so it takes its share of every image.
+    the boundary masks, so it takes its share of every image. ``object_caption_reorder``: the chance that such an
+    image with a ``batch["reordered_captions"]`` entry (a pair's caption naming the objects the other way
+    round) is trained under it: the slots put a pair's first-named object on the left, so without it the base
+    learnt to read the side from the caption's order, and repainted a hole on the other side with the visible
+    object's twin.
 
     ``image_mean_loss``: the loss is the mean over images of each image's mean over its masked tokens (Muse: the
     mean over all masked tokens of the batch, so that an image masked at rate 0.9 weighs 9x one at 0.1, and an
@@ -79,9 +83,11 @@ class MaskedTokenObjective(nn.Module):
     def __init__(self, model: nn.Module, text_encoder: nn.Module, image_size: int, train_text_encoder: bool,
                  label_smoothing: float = 0.1, prompt_dropout: float = 0.1, aesthetic_score: float = AESTHETIC_SCORE,
                  text_encoder_lr_scale: float = 1.0, code_weights: torch.Tensor | None = None,
-                 boundary_mask_share: float = 0.0, image_mean_loss: bool = False, object_mask_share: float = 0.0):
+                 boundary_mask_share: float = 0.0, image_mean_loss: bool = False, object_mask_share: float = 0.0,
+                 object_caption_reorder: float = 0.0):
         super().__init__()
-        for name, share in (("boundary_mask_share", boundary_mask_share), ("object_mask_share", object_mask_share)):
+        for name, share in (("boundary_mask_share", boundary_mask_share), ("object_mask_share", object_mask_share),
+                            ("object_caption_reorder", object_caption_reorder)):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}={share}: a share of the batch, in [0, 1].")
         self.model = model
@@ -95,6 +101,7 @@ class MaskedTokenObjective(nn.Module):
         self.text_encoder_lr_scale = text_encoder_lr_scale
         self.boundary_mask_share = boundary_mask_share
         self.object_mask_share = object_mask_share
+        self.object_caption_reorder = object_caption_reorder
         self.image_mean_loss = image_mean_loss
         # [K] cross-entropy weight of each target code (balanced_code_weights); a buffer so it follows .to()
         self.register_buffer("code_weights", code_weights, persistent=False)
@@ -116,11 +123,13 @@ class MaskedTokenObjective(nn.Module):
         masked = masked.view(batch_size, height, width)
         if self.boundary_mask_share > 0:
             masked = self._mask_boundaries(batch, masked)
+        captions = batch["captions"]
         if self.object_mask_share > 0:
-            masked = self._mask_objects(batch, masked)
+            masked, holed = self._mask_objects(batch, masked)
+            captions = self._reorder_captions(batch, holed)
         inputs = torch.where(masked, self.model.mask_token_id, ids)
 
-        captions = drop_prompts(batch["captions"], self.prompt_dropout if self.training else 0.0)
+        captions = drop_prompts(captions, self.prompt_dropout if self.training else 0.0)
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
             text = self.text_encoder(captions)
         micro = self.model.default_micro_conds(self.image_size, self.image_size, batch_size, self.aesthetic_score)
@@ -158,7 +167,8 @@ class MaskedTokenObjective(nn.Module):
         chosen &= boundaries.flatten(1).any(dim=1)  # nothing to mask in an image without edges: keep its random set
         return torch.where(chosen[:, None, None], boundaries, masked)
 
-    def _mask_objects(self, batch: dict, masked: torch.Tensor) -> torch.Tensor:
+    def _mask_objects(self, batch: dict, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks with one object's box for the chosen images, and which images were chosen (bool [B])."""
         if "objects" not in batch:
             raise ValueError("object_mask_share needs each item's object boxes: build the TokenDataset with "
                              "objects= (training.data.object_token_masks).")
@@ -168,7 +178,18 @@ class MaskedTokenObjective(nn.Module):
         pick = torch.where(present, torch.rand(present.shape, device=masked.device), -1.0).argmax(dim=1)
         boxes = objects[torch.arange(len(objects), device=masked.device), pick]
         chosen = (torch.rand(len(masked), device=masked.device) < self.object_mask_share) & present.any(dim=1)
-        return torch.where(chosen[:, None, None], boxes, masked)
+        return torch.where(chosen[:, None, None], boxes, masked), chosen
+
+    def _reorder_captions(self, batch: dict, holed: torch.Tensor) -> list[str]:
+        captions = batch["captions"]
+        if self.object_caption_reorder == 0:
+            return captions
+        if "reordered_captions" not in batch:
+            raise ValueError("object_caption_reorder needs each item's reordered caption: build the TokenDataset "
+                             "with reordered_captions= (training.data.reordered_captions).")
+        flips = (torch.rand(len(captions)) < self.object_caption_reorder) & holed.cpu()
+        return [other if flip and other is not None else caption
+                for caption, other, flip in zip(captions, batch["reordered_captions"], flips.tolist())]
 
     def export(self, folder: Path, name: str, dtype: torch.dtype = torch.float16) -> Path:
         """Write the transformer as ``folder/<name>.safetensors`` (and the text encoder if it was trained)."""
