@@ -195,13 +195,12 @@ def object_token_masks(dataset: CaptionFolder, factor: int, max_objects: int = 4
     """bool ``[N, max_objects, H/factor, W/factor]``: for each image of a shapes dataset (its records'
     ``scene``), the tokens touching each object's inpainting box (``shapes.object_mask``, the evaluation's,
     with inpainting's token rule); all False for the missing objects."""
-    from ..data.shapes import Scene, object_mask  # noqa: PLC0415  (the shapes domain, not every dataset's)
+    from ..data.shapes import object_mask  # noqa: PLC0415  (the shapes domain, not every dataset's)
     from ..editing.inpaint import mask_to_token_grid  # noqa: PLC0415  (editing imports the samplers)
 
     size, grid = dataset.resolution, dataset.resolution // factor
     masks = torch.zeros(len(dataset), max_objects, grid, grid, dtype=torch.bool)
-    for index, record in enumerate(_scene_records(dataset, "object masks")):
-        scene = Scene.from_dict(record["scene"])
+    for index, scene in enumerate(_scenes(dataset, "object masks")):
         pixels = torch.stack([torch.from_numpy(object_mask(scene, k, size)) for k in range(len(scene.shapes))])
         masks[index, :len(scene.shapes)] = mask_to_token_grid(pixels, factor)
     return masks
@@ -210,17 +209,20 @@ def object_token_masks(dataset: CaptionFolder, factor: int, max_objects: int = 4
 def reordered_captions(dataset: CaptionFolder) -> list[str | None]:
     """For each image of a shapes dataset, its caption naming the objects the other way round where that
     says the same (``shapes.reordered_caption``: pairs), else None."""
-    from ..data.shapes import Scene, reordered_caption  # noqa: PLC0415
+    from ..data.shapes import reordered_caption  # noqa: PLC0415  (the shapes domain, not every dataset's)
 
-    return [reordered_caption(Scene.from_dict(record["scene"])) for record in _scene_records(dataset, "reordered captions")]
+    return [reordered_caption(scene) for scene in _scenes(dataset, "reordered captions")]
 
 
-def _scene_records(dataset: CaptionFolder, what: str) -> list[dict]:
-    for index, record in enumerate(dataset.records):
-        if "scene" not in record:
-            raise ValueError(f"{dataset.folder}: record {index} ({record['image']}) has no \"scene\": {what} "
-                             "need a shapes dataset (muse_core.data.shapes.write_dataset).")
-    return dataset.records
+def _scenes(dataset: CaptionFolder, what: str) -> list:
+    """The shapes scenes of the dataset's records, in order; ``what`` needs them, and is named if one is missing."""
+    from ..data.shapes import Scene  # noqa: PLC0415  (the shapes domain, not every dataset's)
+
+    missing = next((index for index, record in enumerate(dataset.records) if "scene" not in record), None)
+    if missing is not None:
+        raise ValueError(f"{dataset.folder}: record {missing} ({dataset.records[missing]['image']}) has no \"scene\": "
+                         f"{what} need a shapes dataset (muse_core.data.shapes.write_dataset).")
+    return [Scene.from_dict(record["scene"]) for record in dataset.records]
 
 
 def image_batches(dataset: CaptionFolder, batch_size: int):
